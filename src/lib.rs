@@ -3,3 +3,11 @@
 
 pub mod config;
 pub mod errors;
+pub mod events;
+pub mod headers;
+pub mod local;
+pub mod logging;
+pub mod metrics;
+pub mod routes;
+pub mod upstream;
+pub mod validate;

@@ -1,0 +1,89 @@
+//! Turns a `Config` into a running Pingora server: the proxy service on the public listener and
+//! the background services (coordinator health checks, JWKS refresh).
+
+use crate::auth::exchange::TokenBroker;
+use crate::auth::Authenticator;
+use crate::config::{Config, ConfigError};
+use crate::proxy::{Gateway, State};
+use crate::upstream::Upstreams;
+use async_trait::async_trait;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::{Server, ShutdownWatch};
+use pingora::services::background::{BackgroundService, GenBackgroundService};
+use std::sync::Arc;
+
+/// Process-level switches that Pingora itself acts on.
+#[derive(Debug, Default, Clone)]
+pub struct ProcessOpts {
+    /// Take the listening sockets over from a running instance (zero-downtime upgrade).
+    pub upgrade: bool,
+    pub daemon: bool,
+}
+
+/// Everything that can fail before the server starts, so `--check` can run it too.
+pub fn build_state(cfg: Config) -> Result<Arc<State>, ConfigError> {
+    let upstreams = Upstreams::new(&cfg.upstream)?;
+    let auth = Authenticator::new(&cfg.auth, cfg.max_token_bytes);
+    let broker = TokenBroker::new(&cfg.auth, &cfg.upstream.audience);
+    Ok(Arc::new(State {
+        cfg,
+        upstreams,
+        auth,
+        broker,
+        metrics: Default::default(),
+    }))
+}
+
+fn server_conf(cfg: &Config, opts: &ProcessOpts) -> ServerConf {
+    ServerConf {
+        daemon: opts.daemon,
+        threads: cfg.threads,
+        grace_period_seconds: Some(cfg.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(cfg.graceful_shutdown_timeout.as_secs()),
+        upgrade_sock: cfg.upgrade_sock.clone(),
+        pid_file: cfg.pid_file.clone(),
+        ..ServerConf::default()
+    }
+}
+
+struct JwksRefresh(Arc<Authenticator>);
+
+#[async_trait]
+impl BackgroundService for JwksRefresh {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        tokio::select! {
+            _ = self.0.clone().run_refresh_loop() => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+pub fn build_server(state: Arc<State>, opts: &ProcessOpts) -> Server {
+    let cfg = &state.cfg;
+    let opt = Opt {
+        upgrade: opts.upgrade,
+        daemon: opts.daemon,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, server_conf(cfg, opts));
+    server.bootstrap();
+
+    let addr = if cfg.host.contains(':') && !cfg.host.starts_with('[') {
+        format!("[{}]:{}", cfg.host, cfg.port)
+    } else {
+        format!("{}:{}", cfg.host, cfg.port)
+    };
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Gateway::new(state.clone()),
+        "arp-run-gateway",
+    );
+    proxy.add_tcp(&addr);
+    server.add_service(proxy);
+    server.add_boxed_service(state.upstreams.health_service());
+    server.add_service(GenBackgroundService::new(
+        "jwks refresh".to_string(),
+        Arc::new(JwksRefresh(state.auth.clone())),
+    ));
+    server
+}
