@@ -303,7 +303,11 @@ pub fn parse_coordinator_url(raw: &str, weight: usize) -> Result<Coordinator, St
     let tls = match url.scheme() {
         "http" => false,
         "https" => true,
-        other => return Err(format!("{trimmed:?} has scheme {other:?}; use http or https")),
+        other => {
+            return Err(format!(
+                "{trimmed:?} has scheme {other:?}; use http or https"
+            ))
+        }
     };
     let host = url
         .host_str()
@@ -327,7 +331,9 @@ pub fn parse_coordinator_url(raw: &str, weight: usize) -> Result<Coordinator, St
             "{trimmed:?} has a path prefix {path:?}; only an origin (optionally ending in /v1) is supported"
         ));
     }
-    let port = url.port_or_known_default().unwrap_or(if tls { 443 } else { 80 });
+    let port = url
+        .port_or_known_default()
+        .unwrap_or(if tls { 443 } else { 80 });
     let base_url = format!(
         "{}://{}{}",
         url.scheme(),
@@ -343,7 +349,10 @@ pub fn parse_coordinator_url(raw: &str, weight: usize) -> Result<Coordinator, St
     })
 }
 
-fn parse_algorithms(list: &[String], origin: &str) -> Result<Vec<jsonwebtoken::Algorithm>, ConfigError> {
+fn parse_algorithms(
+    list: &[String],
+    origin: &str,
+) -> Result<Vec<jsonwebtoken::Algorithm>, ConfigError> {
     use jsonwebtoken::Algorithm as A;
     let mut out = Vec::new();
     for raw in list {
@@ -417,7 +426,10 @@ impl Config {
             None => FileConfig::default(),
             Some(p) => {
                 let text = std::fs::read_to_string(p).map_err(|e| {
-                    ConfigError(format!("cannot read configuration file {}: {e}", p.display()))
+                    ConfigError(format!(
+                        "cannot read configuration file {}: {e}",
+                        p.display()
+                    ))
                 })?;
                 Self::parse_yaml(&text).map_err(|e| {
                     ConfigError(format!("configuration file {}: {}", p.display(), e.0))
@@ -640,9 +652,15 @@ impl Config {
             .or(non_empty(f.oidc_discovery_url.as_ref()));
         for (name, value) in [
             ("ARP_AUTH_ISSUER (auth.issuer)", issuer.as_ref()),
-            ("ARP_AUTH_TOKEN_ENDPOINT (auth.token_endpoint)", token_endpoint.as_ref()),
+            (
+                "ARP_AUTH_TOKEN_ENDPOINT (auth.token_endpoint)",
+                token_endpoint.as_ref(),
+            ),
             ("ARP_AUTH_JWKS_URI (auth.jwks_uri)", jwks_uri.as_ref()),
-            ("ARP_AUTH_OIDC_DISCOVERY_URL (auth.oidc_discovery_url)", oidc_discovery_url.as_ref()),
+            (
+                "ARP_AUTH_OIDC_DISCOVERY_URL (auth.oidc_discovery_url)",
+                oidc_discovery_url.as_ref(),
+            ),
         ] {
             if let Some(v) = value {
                 if url::Url::parse(v).is_err() {
@@ -726,17 +744,28 @@ mod tests {
     #[test]
     fn missing_coordinator_names_variable_and_key() {
         let e = load("", &[]).unwrap_err().0;
-        assert!(e.contains("JARVIS_RUN_COORDINATOR_URL") && e.contains("coordinators"), "{e}");
+        assert!(
+            e.contains("JARVIS_RUN_COORDINATOR_URL") && e.contains("coordinators"),
+            "{e}"
+        );
     }
 
     #[test]
     fn env_wins_over_file() {
         let c = load(
             "coordinators:\n  - url: http://a:1\nauth:\n  mode: optional\n",
-            &[("JARVIS_RUN_COORDINATOR_URL", "http://b:2, http://c:3/v1"), ("ARP_AUTH_MODE", "disabled")],
+            &[
+                ("JARVIS_RUN_COORDINATOR_URL", "http://b:2, http://c:3/v1"),
+                ("ARP_AUTH_MODE", "disabled"),
+            ],
         )
         .unwrap();
-        let urls: Vec<_> = c.upstream.coordinators.iter().map(|c| c.base_url.as_str()).collect();
+        let urls: Vec<_> = c
+            .upstream
+            .coordinators
+            .iter()
+            .map(|c| c.base_url.as_str())
+            .collect();
         assert_eq!(urls, ["http://b:2", "http://c:3"]);
         assert_eq!(c.auth.mode, AuthMode::Disabled);
     }
@@ -769,15 +798,20 @@ mod tests {
             let e = load("", &[base, (k, v)]).unwrap_err().0;
             assert!(e.contains(k), "{k}={v}: {e}");
         }
-        let e = load("", &[base, ("ARP_AUTH_PROFILE", "dev-secure-keycloak")]).unwrap_err().0;
+        let e = load("", &[base, ("ARP_AUTH_PROFILE", "dev-secure-keycloak")])
+            .unwrap_err()
+            .0;
         assert!(e.contains("ARP_AUTH_AUDIENCE"), "{e}");
     }
 
     #[test]
     fn unknown_yaml_key_is_an_error() {
-        let e = load("server:\n  hots: x\n", &[("JARVIS_RUN_COORDINATOR_URL", "http://a:1")])
-            .unwrap_err()
-            .0;
+        let e = load(
+            "server:\n  hots: x\n",
+            &[("JARVIS_RUN_COORDINATOR_URL", "http://a:1")],
+        )
+        .unwrap_err()
+        .0;
         assert!(e.contains("hots"), "{e}");
     }
 
@@ -793,6 +827,9 @@ mod tests {
         )
         .unwrap();
         assert!(!format!("{c:?}").contains("s3cr3t-value"));
-        assert_eq!(c.auth.client_credentials().map(|(_, s)| s.expose()), Some("s3cr3t-value"));
+        assert_eq!(
+            c.auth.client_credentials().map(|(_, s)| s.expose()),
+            Some("s3cr3t-value")
+        );
     }
 }

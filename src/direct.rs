@@ -31,7 +31,11 @@ pub async fn forward(
     let hop = headers::hop_by_hop_names(&req.headers);
     loop {
         let Some(id) = state.upstreams.select(b"", &ctx.tried) else {
-            return Err(ApiError::coordinator_unavailable(503, None, "no coordinator available"));
+            return Err(ApiError::coordinator_unavailable(
+                503,
+                None,
+                "no coordinator available",
+            ));
         };
         ctx.tried.push(id);
         let c = state.upstreams.coordinator(id);
@@ -42,7 +46,10 @@ pub async fn forward(
         for (k, v) in req.headers.iter() {
             let name = k.as_str();
             if hop.iter().any(|h| h == name)
-                || matches!(name, "host" | "authorization" | "content-length" | "transfer-encoding")
+                || matches!(
+                    name,
+                    "host" | "authorization" | "content-length" | "transfer-encoding"
+                )
             {
                 continue;
             }
@@ -67,7 +74,9 @@ pub async fn forward(
                     ));
                 }
             }
-            Err(e) if e.is_timeout() => return Err(ApiError::coordinator_timeout(Some(&c.base_url))),
+            Err(e) if e.is_timeout() => {
+                return Err(ApiError::coordinator_timeout(Some(&c.base_url)))
+            }
             Err(_) => {
                 return Err(ApiError::coordinator_unavailable(
                     502,
@@ -87,7 +96,13 @@ async fn read_answer(mut resp: reqwest::Response, url: &str) -> Result<Answer, A
         .filter(|(k, _)| {
             !matches!(
                 k.as_str(),
-                "connection" | "keep-alive" | "transfer-encoding" | "content-length" | "te" | "trailer" | "upgrade"
+                "connection"
+                    | "keep-alive"
+                    | "transfer-encoding"
+                    | "content-length"
+                    | "te"
+                    | "trailer"
+                    | "upgrade"
             )
         })
         .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
@@ -97,13 +112,23 @@ async fn read_answer(mut resp: reqwest::Response, url: &str) -> Result<Answer, A
         match resp.chunk().await {
             Ok(Some(c)) => {
                 if body.len() + c.len() > MAX_ANSWER_BYTES {
-                    return Err(ApiError::coordinator_unavailable(502, Some(url), "answer too large"));
+                    return Err(ApiError::coordinator_unavailable(
+                        502,
+                        Some(url),
+                        "answer too large",
+                    ));
                 }
                 body.extend_from_slice(&c);
             }
             Ok(None) => break,
             Err(e) if e.is_timeout() => return Err(ApiError::coordinator_timeout(Some(url))),
-            Err(_) => return Err(ApiError::coordinator_unavailable(502, Some(url), "answer cut short")),
+            Err(_) => {
+                return Err(ApiError::coordinator_unavailable(
+                    502,
+                    Some(url),
+                    "answer cut short",
+                ))
+            }
         }
     }
     Ok(Answer {

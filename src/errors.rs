@@ -53,13 +53,11 @@ impl ApiError {
     }
 
     pub fn invalid_request(errors: Vec<String>) -> Self {
-        ApiError::new(400, "invalid_request", "Request validation failed")
-            .detail("errors", errors)
+        ApiError::new(400, "invalid_request", "Request validation failed").detail("errors", errors)
     }
 
     pub fn payload_too_large(limit: usize) -> Self {
-        ApiError::new(413, "payload_too_large", "Request body too large")
-            .detail("max_bytes", limit)
+        ApiError::new(413, "payload_too_large", "Request body too large").detail("max_bytes", limit)
     }
 
     pub fn headers_too_large(limit: usize) -> Self {
@@ -84,9 +82,13 @@ impl ApiError {
     }
 
     pub fn coordinator_unavailable(status: u16, url: Option<&str>, error: &str) -> Self {
-        let mut e = ApiError::new(status, "run_coordinator_unavailable", "Run coordinator unavailable")
-            .detail("error", error)
-            .retryable(true);
+        let mut e = ApiError::new(
+            status,
+            "run_coordinator_unavailable",
+            "Run coordinator unavailable",
+        )
+        .detail("error", error)
+        .retryable(true);
         if let Some(url) = url {
             e = e.detail("run_coordinator_url", url);
         }
@@ -140,10 +142,16 @@ mod tests {
     #[test]
     fn envelope_omits_absent_fields() {
         let v = ApiError::not_found().envelope();
-        assert_eq!(v, json!({"error": {"code": "not_found", "message": "Not Found"}}));
+        assert_eq!(
+            v,
+            json!({"error": {"code": "not_found", "message": "Not Found"}})
+        );
         let v = ApiError::coordinator_unavailable(502, Some("http://c"), "refused").envelope();
         assert_eq!(v["error"]["retryable"], json!(true));
-        assert_eq!(v["error"]["details"]["run_coordinator_url"], json!("http://c"));
+        assert_eq!(
+            v["error"]["details"]["run_coordinator_url"],
+            json!("http://c")
+        );
     }
 
     #[test]

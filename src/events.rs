@@ -97,10 +97,12 @@ mod tests {
             .unwrap();
         assert!(needs_repair(&ok));
         let mut nd = ResponseHeader::build(200, None).unwrap();
-        nd.insert_header("Content-Type", "application/x-ndjson").unwrap();
+        nd.insert_header("Content-Type", "application/x-ndjson")
+            .unwrap();
         assert!(!needs_repair(&nd));
         let mut err = ResponseHeader::build(404, None).unwrap();
-        err.insert_header("Content-Type", "application/json").unwrap();
+        err.insert_header("Content-Type", "application/json")
+            .unwrap();
         assert!(!needs_repair(&err));
     }
 }

@@ -41,8 +41,7 @@ pub fn request_id(client: Option<&[u8]>) -> String {
         Some(v)
             if !v.is_empty()
                 && v.len() <= 128
-                && v
-                    .iter()
+                && v.iter()
                     .all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c)) =>
         {
             String::from_utf8_lossy(v).into_owned()
@@ -58,7 +57,9 @@ pub fn is_valid_traceparent(v: &[u8]) -> bool {
     };
     let parts: Vec<&str> = s.split('-').collect();
     let hex = |p: &str, n: usize| {
-        p.len() == n && p.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+        p.len() == n
+            && p.bytes()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
     };
     parts.len() >= 4
         && hex(parts[0], 2)
@@ -93,7 +94,10 @@ mod tests {
     #[test]
     fn connection_listed_headers_are_hop_by_hop() {
         let mut h = HeaderMap::new();
-        h.insert("connection", "keep-alive, X-Secret, Content-Length".parse().unwrap());
+        h.insert(
+            "connection",
+            "keep-alive, X-Secret, Content-Length".parse().unwrap(),
+        );
         let names = hop_by_hop_names(&h);
         assert!(names.contains(&"x-secret".to_string()));
         assert!(names.contains(&"proxy-authorization".to_string()));

@@ -87,7 +87,9 @@ async fn write_json(
     }
     ctx.local_status = Some(status);
     session.write_response_header(Box::new(resp), false).await?;
-    session.write_response_body(Some(Bytes::from(body)), true).await?;
+    session
+        .write_response_body(Some(Bytes::from(body)), true)
+        .await?;
     Ok(())
 }
 
@@ -132,7 +134,11 @@ async fn read_body(session: &mut Session, limit: usize) -> std::result::Result<B
     match tokio::time::timeout(MAX_BODY_READ_TIME, read_all).await {
         Ok(Ok(())) => Ok(buf.freeze()),
         Ok(Err(e)) => Err(e),
-        Err(_) => Err(ApiError::new(408, "request_timeout", "Request body not received in time")),
+        Err(_) => Err(ApiError::new(
+            408,
+            "request_timeout",
+            "Request body not received in time",
+        )),
     }
 }
 
@@ -140,8 +146,14 @@ fn is_json_content_type(v: Option<&http::HeaderValue>) -> bool {
     match v.and_then(|v| v.to_str().ok()) {
         None => true,
         Some(ct) => {
-            let mime = ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
-            mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+            let mime = ct
+                .split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase();
+            mime == "application/json"
+                || (mime.starts_with("application/") && mime.ends_with("+json"))
         }
     }
 }
@@ -153,7 +165,11 @@ impl Gateway {
 
     /// Everything `request_filter` decides, as one fallible function: `Ok(true)` when the
     /// gateway answered itself.
-    async fn admit(&self, session: &mut Session, ctx: &mut Ctx) -> std::result::Result<bool, ApiError> {
+    async fn admit(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+    ) -> std::result::Result<bool, ApiError> {
         let cfg = &self.state.cfg;
         let req = session.req_header();
         let target = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
@@ -180,13 +196,21 @@ impl Gateway {
         match op {
             Operation::Version => {
                 let body = serde_json::to_vec(&local::version_body()).unwrap_or_default();
-                write_json(session, ctx, 200, &[], body).await.map_err(|_| ApiError::internal())?;
+                write_json(session, ctx, 200, &[], body)
+                    .await
+                    .map_err(|_| ApiError::internal())?;
                 return Ok(true);
             }
             Operation::Health => {
-                let v = local::health_body(&self.state.upstreams, self.state.auth.identity_provider_check()).await;
+                let v = local::health_body(
+                    &self.state.upstreams,
+                    self.state.auth.identity_provider_check(),
+                )
+                .await;
                 let body = serde_json::to_vec(&v).unwrap_or_default();
-                write_json(session, ctx, 200, &[], body).await.map_err(|_| ApiError::internal())?;
+                write_json(session, ctx, 200, &[], body)
+                    .await
+                    .map_err(|_| ApiError::internal())?;
                 return Ok(true);
             }
             _ => {}
@@ -206,7 +230,8 @@ impl Gateway {
             body = Some(bytes);
         }
 
-        let principal = principal.unwrap_or_else(|| Principal::Anonymous(cfg.auth.anonymous_subject.clone()));
+        let principal =
+            principal.unwrap_or_else(|| Principal::Anonymous(cfg.auth.anonymous_subject.clone()));
         ctx.upstream_token = self.state.broker.upstream_token(&principal).await?;
         ctx.principal = Some(principal);
 
@@ -214,7 +239,9 @@ impl Gateway {
             if session.as_ref().retry_buffer_truncated() {
                 let answer = direct::forward(&self.state, ctx, session.req_header(), bytes).await?;
                 ctx.local_status = Some(answer.status);
-                direct::write(session, ctx, answer).await.map_err(|_| ApiError::internal())?;
+                direct::write(session, ctx, answer)
+                    .await
+                    .map_err(|_| ApiError::internal())?;
                 return Ok(true);
             }
         }
@@ -237,7 +264,7 @@ impl Gateway {
             }
             _ if e.esource() == &ErrorSource::Upstream => {
                 let status = if all_tried { 503 } else { 502 };
-                ApiError::coordinator_unavailable(status, url.as_deref(), &e.etype().as_str().to_string())
+                ApiError::coordinator_unavailable(status, url.as_deref(), e.etype().as_str())
             }
             _ => ApiError::internal(),
         }
@@ -290,7 +317,10 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let route = ctx.route.as_ref();
-        let key = route.and_then(|r| r.run_id.as_deref()).unwrap_or("").as_bytes();
+        let key = route
+            .and_then(|r| r.run_id.as_deref())
+            .unwrap_or("")
+            .as_bytes();
         let streaming = ctx.op() == Some(Operation::StreamRunEvents);
         match self.state.upstreams.select(key, &ctx.tried) {
             Some(id) => {
@@ -307,10 +337,18 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
         if let Some(id) = ctx.current {
             self.state.upstreams.eject(id);
-            self.state.metrics.upstream_connect_failure(&self.state.upstreams.coordinator(id).base_url);
+            self.state
+                .metrics
+                .upstream_connect_failure(&self.state.upstreams.coordinator(id).base_url);
         }
         // Nothing reached the coordinator: any operation may go to another one.
         let untried = self.state.upstreams.coordinators().len() > ctx.tried.len();
@@ -353,8 +391,14 @@ impl ProxyHttp for Gateway {
             req.insert_header("Authorization", format!("Bearer {token}"))?;
         }
         // Origin-form target only: an absolute-form request must not carry its host upstream.
-        let target = req.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
-        let uri = target.parse::<http::Uri>().or_err(ErrorType::InternalError, "bad target")?;
+        let target = req
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into());
+        let uri = target
+            .parse::<http::Uri>()
+            .or_err(ErrorType::InternalError, "bad target")?;
         req.set_uri(uri);
         if let Some(id) = ctx.current {
             let c = self.state.upstreams.coordinator(id);
@@ -362,7 +406,11 @@ impl ProxyHttp for Gateway {
         }
         if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
             let ip = addr.ip().to_string();
-            let xff = match req.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            let xff = match req
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+            {
                 Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
                 _ => ip,
             };
@@ -380,14 +428,24 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    async fn upstream_response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
         if !resp.status.is_informational() {
             ctx.response_started = true;
         }
         Ok(())
     }
 
-    async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
         for name in headers::hop_by_hop_names(&resp.headers) {
             resp.remove_header(name.as_str());
         }
@@ -426,22 +484,40 @@ impl ProxyHttp for Gateway {
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let downstream_gone = e.esource() == &ErrorSource::Downstream
-            && matches!(e.etype(), ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed);
+            && matches!(
+                e.etype(),
+                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed
+            );
         if downstream_gone {
-            return FailToProxy { error_code: 0, can_reuse_downstream: false };
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
         }
         if session.response_written().is_some() {
             // Mid-stream failure: end the chunked body cleanly so the client sees the end and
             // can reconnect, rather than a torn connection.
             let _ = session.write_response_body(None, true).await;
-            let code = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
-            return FailToProxy { error_code: code, can_reuse_downstream: false };
+            let code = session
+                .response_written()
+                .map(|r| r.status.as_u16())
+                .unwrap_or(0);
+            return FailToProxy {
+                error_code: code,
+                can_reuse_downstream: false,
+            };
         }
         let api = self.map_proxy_error(e, ctx);
         if write_error(session, ctx, &api).await.is_err() {
-            return FailToProxy { error_code: 0, can_reuse_downstream: false };
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
         }
-        FailToProxy { error_code: api.status, can_reuse_downstream: false }
+        FailToProxy {
+            error_code: api.status,
+            can_reuse_downstream: false,
+        }
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
@@ -449,7 +525,9 @@ impl ProxyHttp for Gateway {
             .local_status
             .or_else(|| session.response_written().map(|r| r.status.as_u16()))
             .unwrap_or(0);
-        let upstream = ctx.current.map(|id| self.state.upstreams.coordinator(id).base_url.as_str());
+        let upstream = ctx
+            .current
+            .map(|id| self.state.upstreams.coordinator(id).base_url.as_str());
         let record = crate::metrics::RequestRecord {
             request_id: &ctx.request_id,
             operation: ctx.op().map(Operation::name).unwrap_or("unmatched"),
@@ -461,7 +539,9 @@ impl ProxyHttp for Gateway {
             bytes_out: session.as_ref().body_bytes_sent() as u64,
             error: e.map(|e| e.etype().as_str()),
         };
-        self.state.metrics.record(&record, self.state.cfg.access_log);
+        self.state
+            .metrics
+            .record(&record, self.state.cfg.access_log);
         ctx.stream_guard.take();
     }
 }

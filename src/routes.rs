@@ -56,7 +56,9 @@ pub fn match_route(method: &str, path: &str) -> Result<Route, ApiError> {
         "/v1/version" => ("GET", Operation::Version, None),
         "/v1/runs" => ("POST", Operation::StartRun, None),
         _ => {
-            let rest = path.strip_prefix("/v1/runs/").ok_or_else(ApiError::not_found)?;
+            let rest = path
+                .strip_prefix("/v1/runs/")
+                .ok_or_else(ApiError::not_found)?;
             let (segment, op, allow) = match rest.split_once('/') {
                 Some((seg, "events")) => (seg, Operation::StreamRunEvents, "GET"),
                 Some(_) => return Err(ApiError::not_found()),
@@ -90,7 +92,9 @@ pub fn is_valid_run_id_segment(raw: &str) -> bool {
     while i < bytes.len() {
         let b = bytes[i];
         if b == b'%' {
-            let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok());
             match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
                 Some(v) => decoded.push(v),
                 None => return false,
@@ -136,7 +140,9 @@ mod tests {
     use super::*;
 
     fn op(method: &str, path: &str) -> Result<Operation, u16> {
-        match_route(method, path).map(|r| r.op).map_err(|e| e.status)
+        match_route(method, path)
+            .map(|r| r.op)
+            .map_err(|e| e.status)
     }
 
     #[test]
@@ -146,7 +152,10 @@ mod tests {
         assert_eq!(op("POST", "/v1/runs"), Ok(Operation::StartRun));
         assert_eq!(op("GET", "/v1/runs/r1"), Ok(Operation::GetRun));
         assert_eq!(op("POST", "/v1/runs/r1:cancel"), Ok(Operation::CancelRun));
-        assert_eq!(op("GET", "/v1/runs/r1/events"), Ok(Operation::StreamRunEvents));
+        assert_eq!(
+            op("GET", "/v1/runs/r1/events"),
+            Ok(Operation::StreamRunEvents)
+        );
         let r = match_route("POST", "/v1/runs/abc:cancel").unwrap();
         assert_eq!(r.run_id.as_deref(), Some("abc"));
     }
@@ -193,7 +202,11 @@ mod tests {
         ] {
             assert!(!is_valid_run_id_segment(seg), "{seg}");
             assert_eq!(op("GET", &format!("/v1/runs/{seg}")), Err(404), "{seg}");
-            assert_eq!(op("GET", &format!("/v1/runs/{seg}/events")), Err(404), "{seg}");
+            assert_eq!(
+                op("GET", &format!("/v1/runs/{seg}/events")),
+                Err(404),
+                "{seg}"
+            );
         }
         for seg in ["run-1", "a.b", "...", "a%20b", "ünï", "a:b", "run_01HX"] {
             assert!(is_valid_run_id_segment(seg), "{seg}");

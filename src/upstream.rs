@@ -54,7 +54,12 @@ pub struct Probe {
 fn resolve(c: &Coordinator) -> Result<SocketAddr, ConfigError> {
     (c.host.as_str(), c.port)
         .to_socket_addrs()
-        .map_err(|e| ConfigError(format!("coordinator {}: cannot resolve host: {e}", c.base_url)))?
+        .map_err(|e| {
+            ConfigError(format!(
+                "coordinator {}: cannot resolve host: {e}",
+                c.base_url
+            ))
+        })?
         .next()
         .ok_or_else(|| ConfigError(format!("coordinator {}: host has no address", c.base_url)))
 }
@@ -185,7 +190,8 @@ impl HealthCheck for CoordinatorHealthCheck {
         } else {
             pingora::Error::e_explain(
                 pingora::ErrorType::ConnectError,
-                p.error.unwrap_or_else(|| "coordinator reports down".to_string()),
+                p.error
+                    .unwrap_or_else(|| "coordinator reports down".to_string()),
             )
         }
     }
@@ -339,8 +345,7 @@ impl Upstreams {
         let pick = |want_healthy: bool| {
             let accept = |b: &Backend, healthy: bool| {
                 id_of(b).is_some_and(|id| {
-                    !tried.contains(&id)
-                        && (!want_healthy || (healthy && !self.is_ejected(id)))
+                    !tried.contains(&id) && (!want_healthy || (healthy && !self.is_ejected(id)))
                 })
             };
             match &self.selector {

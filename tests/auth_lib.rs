@@ -80,7 +80,11 @@ fn assert_401(result: Result<Principal, ApiError>, error: &str, message: &str, w
 #[track_caller]
 fn assert_idp_unavailable(result: Result<Principal, ApiError>) {
     let e = result.expect_err("must fail while the IdP is down");
-    assert_eq!((e.status, e.code), (503, "identity_provider_unavailable"), "{e:?}");
+    assert_eq!(
+        (e.status, e.code),
+        (503, "identity_provider_unavailable"),
+        "{e:?}"
+    );
     assert_eq!(e.message, "Unable to fetch JWKS");
     assert_eq!(e.retryable, Some(true));
 }
@@ -131,7 +135,9 @@ async fn valid_rs256_and_es256_tokens_pass() {
     let auth = Authenticator::new(&cfg(&idp), MAX_TOKEN);
     for alg in [Alg::RS256, Alg::ES256] {
         let token = idp.mint(alg, json!({"sub": format!("alice-{}", alg.name())}), None);
-        let p = auth_token(&auth, &token).await.unwrap_or_else(|e| panic!("{alg:?}: {e:?}"));
+        let p = auth_token(&auth, &token)
+            .await
+            .unwrap_or_else(|e| panic!("{alg:?}: {e:?}"));
         assert_eq!(p.subject(), format!("alice-{}", alg.name()));
         assert_eq!(p.bearer(), Some(token.as_str()));
         assert!(matches!(p, Principal::Token { exp, .. } if exp > idp::now()));
@@ -146,7 +152,10 @@ async fn valid_rs256_and_es256_tokens_pass() {
     assert_eq!(check["status"], "ok");
     assert_eq!(check["details"]["keys"], 2);
     assert_eq!(check["details"]["jwks_uri"], json!(idp.jwks_uri()));
-    assert!(check["details"]["last_refresh"].as_str().unwrap().ends_with('Z'));
+    assert!(check["details"]["last_refresh"]
+        .as_str()
+        .unwrap()
+        .ends_with('Z'));
     assert!(check.get("message").is_none(), "{check}");
 }
 
@@ -158,31 +167,110 @@ async fn bad_tokens_get_401_with_the_right_message() {
     let auth = Authenticator::new(&c, MAX_TOKEN);
     let now = idp::now();
     let cases: Vec<(&str, String, &str)> = vec![
-        ("expired", idp.mint(Alg::RS256, json!({"exp": now - 120, "iat": now - 400, "nbf": now - 400}), None), "Token expired"),
-        ("expired ES256", idp.mint(Alg::ES256, json!({"exp": now - 61}), None), "Token expired"),
-        ("nbf in the future", idp.mint(Alg::RS256, json!({"nbf": now + 600}), None), "Invalid token"),
-        ("iat in the future", idp.mint(Alg::RS256, json!({"iat": now + 600}), None), "Invalid token"),
-        ("no exp", idp.mint(Alg::RS256, json!({"exp": null}), None), "Invalid token"),
-        ("wrong iss", idp.mint(Alg::RS256, json!({"iss": "https://evil.example"}), None), "Invalid token issuer"),
-        ("no iss", idp.mint(Alg::RS256, json!({"iss": null}), None), "Invalid token issuer"),
-        ("wrong aud", idp.mint(Alg::RS256, json!({"aud": "someone-else"}), None), "Invalid token audience"),
-        ("no aud", idp.mint(Alg::RS256, json!({"aud": null}), None), "Invalid token audience"),
-        ("bad signature", idp.mint_bad_signature(Alg::RS256, json!({})), "Invalid token"),
-        ("bad ES256 signature", idp.mint_bad_signature(Alg::ES256, json!({})), "Invalid token"),
+        (
+            "expired",
+            idp.mint(
+                Alg::RS256,
+                json!({"exp": now - 120, "iat": now - 400, "nbf": now - 400}),
+                None,
+            ),
+            "Token expired",
+        ),
+        (
+            "expired ES256",
+            idp.mint(Alg::ES256, json!({"exp": now - 61}), None),
+            "Token expired",
+        ),
+        (
+            "nbf in the future",
+            idp.mint(Alg::RS256, json!({"nbf": now + 600}), None),
+            "Invalid token",
+        ),
+        (
+            "iat in the future",
+            idp.mint(Alg::RS256, json!({"iat": now + 600}), None),
+            "Invalid token",
+        ),
+        (
+            "no exp",
+            idp.mint(Alg::RS256, json!({"exp": null}), None),
+            "Invalid token",
+        ),
+        (
+            "wrong iss",
+            idp.mint(Alg::RS256, json!({"iss": "https://evil.example"}), None),
+            "Invalid token issuer",
+        ),
+        (
+            "no iss",
+            idp.mint(Alg::RS256, json!({"iss": null}), None),
+            "Invalid token issuer",
+        ),
+        (
+            "wrong aud",
+            idp.mint(Alg::RS256, json!({"aud": "someone-else"}), None),
+            "Invalid token audience",
+        ),
+        (
+            "no aud",
+            idp.mint(Alg::RS256, json!({"aud": null}), None),
+            "Invalid token audience",
+        ),
+        (
+            "bad signature",
+            idp.mint_bad_signature(Alg::RS256, json!({})),
+            "Invalid token",
+        ),
+        (
+            "bad ES256 signature",
+            idp.mint_bad_signature(Alg::ES256, json!({})),
+            "Invalid token",
+        ),
         ("alg none", idp.mint_none(json!({})), "Invalid token"),
-        ("HS256 with the public key", idp.mint_hs256_with_public_key(json!({})), "Invalid token"),
-        ("ES256 naming the RSA kid", idp.mint(Alg::ES256, json!({}), Some("rsa-1")), "Invalid token"),
-        ("PS256 with a key published for RS256", idp.mint_signed_by("rsa-1", Alg::PS256, json!({})), "Invalid token"),
-        ("unknown kid", idp.mint(Alg::RS256, json!({}), Some("no-such-kid")), "Invalid token"),
+        (
+            "HS256 with the public key",
+            idp.mint_hs256_with_public_key(json!({})),
+            "Invalid token",
+        ),
+        (
+            "ES256 naming the RSA kid",
+            idp.mint(Alg::ES256, json!({}), Some("rsa-1")),
+            "Invalid token",
+        ),
+        (
+            "PS256 with a key published for RS256",
+            idp.mint_signed_by("rsa-1", Alg::PS256, json!({})),
+            "Invalid token",
+        ),
+        (
+            "unknown kid",
+            idp.mint(Alg::RS256, json!({}), Some("no-such-kid")),
+            "Invalid token",
+        ),
     ];
     for (what, token, message) in cases {
-        assert_401(auth_token(&auth, &token).await, "invalid_token", message, what);
+        assert_401(
+            auth_token(&auth, &token).await,
+            "invalid_token",
+            message,
+            what,
+        );
     }
     for g in TestIdp::garbage() {
-        assert_401(auth_token(&auth, &g).await, "invalid_token", "Invalid token", &g);
+        assert_401(
+            auth_token(&auth, &g).await,
+            "invalid_token",
+            "Invalid token",
+            &g,
+        );
     }
     let oversized = idp.mint(Alg::RS256, json!({"pad": "x".repeat(MAX_TOKEN)}), None);
-    assert_401(auth_token(&auth, &oversized).await, "invalid_token", "Invalid token", "oversized");
+    assert_401(
+        auth_token(&auth, &oversized).await,
+        "invalid_token",
+        "Invalid token",
+        "oversized",
+    );
 
     assert_401(
         auth.authenticate("/v1/runs", None).await,
@@ -219,14 +307,28 @@ async fn eddsa_and_ps256_keys_and_the_allow_list() {
     let mut c = cfg(&idp);
     c.algorithms = vec![Algorithm::EdDSA, Algorithm::PS256, Algorithm::RS256];
     let auth = Authenticator::new(&c, MAX_TOKEN);
-    auth_token(&auth, &idp.mint(Alg::EdDSA, json!({}), None)).await.expect("EdDSA");
-    auth_token(&auth, &idp.mint(Alg::PS256, json!({}), None)).await.expect("PS256");
+    auth_token(&auth, &idp.mint(Alg::EdDSA, json!({}), None))
+        .await
+        .expect("EdDSA");
+    auth_token(&auth, &idp.mint(Alg::PS256, json!({}), None))
+        .await
+        .expect("PS256");
     // ES256 is not in this allow-list: refused although the key is published.
     let es = idp.mint(Alg::ES256, json!({}), None);
-    assert_401(auth_token(&auth, &es).await, "invalid_token", "Invalid token", "ES256 not allowed");
+    assert_401(
+        auth_token(&auth, &es).await,
+        "invalid_token",
+        "Invalid token",
+        "ES256 not allowed",
+    );
     // A kid of another key type never verifies.
     let wrong = idp.mint(Alg::PS256, json!({}), Some(&ed));
-    assert_401(auth_token(&auth, &wrong).await, "invalid_token", "Invalid token", "PS256 with Ed kid");
+    assert_401(
+        auth_token(&auth, &wrong).await,
+        "invalid_token",
+        "Invalid token",
+        "PS256 with Ed kid",
+    );
     assert!(idp.kids().contains(&ps));
     assert_eq!(idp.jwks_calls(), 1);
 }
@@ -246,11 +348,21 @@ async fn symmetric_and_encryption_entries_in_the_jwks_are_ignored() {
     let mut c = cfg(&idp);
     c.algorithms = vec![Algorithm::RS256];
     let auth = Authenticator::new(&c, MAX_TOKEN);
-    auth_token(&auth, &idp.mint(Alg::RS256, json!({}), None)).await.expect("RS256 still works");
+    auth_token(&auth, &idp.mint(Alg::RS256, json!({}), None))
+        .await
+        .expect("RS256 still works");
     let hs = idp.mint_hs256_with_public_key(json!({}));
-    assert_401(auth_token(&auth, &hs).await, "invalid_token", "Invalid token", "HS256 + oct");
+    assert_401(
+        auth_token(&auth, &hs).await,
+        "invalid_token",
+        "Invalid token",
+        "HS256 + oct",
+    );
     let check = auth.identity_provider_check().unwrap();
-    assert_eq!(check["details"]["keys"], 2, "only rsa-1 and ec-1 are usable: {check}");
+    assert_eq!(
+        check["details"]["keys"], 2,
+        "only rsa-1 and ec-1 are usable: {check}"
+    );
 }
 
 #[tokio::test]
@@ -259,7 +371,9 @@ async fn discovery_finds_the_jwks() {
     let mut c = cfg(&idp);
     c.jwks_uri = None;
     let auth = Authenticator::new(&c, MAX_TOKEN);
-    auth_token(&auth, &idp.mint(Alg::RS256, json!({}), None)).await.expect("via discovery");
+    auth_token(&auth, &idp.mint(Alg::RS256, json!({}), None))
+        .await
+        .expect("via discovery");
     assert_eq!((idp.discovery_calls(), idp.jwks_calls()), (1, 1));
     // The discovered location is remembered.
     auth.refresh_keys().await.expect("refresh");
@@ -279,18 +393,28 @@ async fn optional_mode_and_exempt_paths() {
         Principal::Anonymous("anonymous".into())
     );
     let bad = idp.mint(Alg::RS256, json!({"aud": "other"}), None);
-    assert_401(auth_token(&auth, &bad).await, "invalid_token", "Invalid token audience", "optional + bad");
+    assert_401(
+        auth_token(&auth, &bad).await,
+        "invalid_token",
+        "Invalid token audience",
+        "optional + bad",
+    );
     let good = idp.mint(Alg::RS256, json!({"sub": "bob"}), None);
     assert_eq!(auth_token(&auth, &good).await.unwrap().subject(), "bob");
     // Exempt paths skip auth entirely, even with a bad header.
     assert!(auth.is_exempt("/v1/health"));
-    assert!(auth.authenticate("/v1/health", Some(b"Basic x")).await.is_ok());
+    assert!(auth
+        .authenticate("/v1/health", Some(b"Basic x"))
+        .await
+        .is_ok());
 
     let mut d = cfg(&idp);
     d.mode = AuthMode::Disabled;
     let dev = Authenticator::new(&d, MAX_TOKEN);
     assert_eq!(
-        dev.authenticate("/v1/runs", Some(b"Bearer whatever")).await.unwrap(),
+        dev.authenticate("/v1/runs", Some(b"Bearer whatever"))
+            .await
+            .unwrap(),
         Principal::Dev("dev".into())
     );
     assert!(dev.identity_provider_check().is_none());
@@ -313,26 +437,51 @@ async fn fifty_random_kids_cause_at_most_two_fetches() {
     }))
     .await;
     for r in concurrent {
-        assert_401(r.expect("task"), "invalid_token", "Invalid token", "random kid");
+        assert_401(
+            r.expect("task"),
+            "invalid_token",
+            "Invalid token",
+            "random kid",
+        );
     }
     for t in &tokens[25..] {
-        assert_401(auth_token(&auth, t).await, "invalid_token", "Invalid token", "random kid");
+        assert_401(
+            auth_token(&auth, t).await,
+            "invalid_token",
+            "Invalid token",
+            "random kid",
+        );
     }
     // The same unknown kid again is answered from the negative cache.
-    assert_401(auth_token(&auth, &tokens[0]).await, "invalid_token", "Invalid token", "repeat");
-    assert!(idp.jwks_calls() <= 2, "JWKS fetched {} times", idp.jwks_calls());
+    assert_401(
+        auth_token(&auth, &tokens[0]).await,
+        "invalid_token",
+        "Invalid token",
+        "repeat",
+    );
+    assert!(
+        idp.jwks_calls() <= 2,
+        "JWKS fetched {} times",
+        idp.jwks_calls()
+    );
     assert_eq!(auth.jwks_fetches() as usize, idp.jwks_calls());
-    auth_token(&auth, &good).await.expect("valid token still accepted");
+    auth_token(&auth, &good)
+        .await
+        .expect("valid token still accepted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_is_followed_on_the_first_request() {
     let idp = TestIdp::start();
     let auth = Authenticator::new(&cfg(&idp), MAX_TOKEN);
-    auth_token(&auth, &idp.mint(Alg::RS256, json!({}), None)).await.expect("old key");
+    auth_token(&auth, &idp.mint(Alg::RS256, json!({}), None))
+        .await
+        .expect("old key");
     let new_kid = idp.rotate();
     // Several clients switch to the new key at once: one shared fetch serves them all.
-    let tokens: Vec<String> = (0..8).map(|_| idp.mint(Alg::RS256, json!({}), None)).collect();
+    let tokens: Vec<String> = (0..8)
+        .map(|_| idp.mint(Alg::RS256, json!({}), None))
+        .collect();
     let results = join_all(tokens.iter().map(|t| {
         let auth = auth.clone();
         let t = t.clone();
@@ -356,8 +505,15 @@ async fn verified_cache_forgets_tokens_of_rotated_keys() {
     assert_eq!(auth.jwks_fetches(), 1);
     idp.rotate();
     auth.refresh_keys().await.expect("refresh");
-    assert_401(auth_token(&auth, &old).await, "invalid_token", "Invalid token", "key rotated away");
-    auth_token(&auth, &idp.mint(Alg::RS256, json!({}), None)).await.expect("new key");
+    assert_401(
+        auth_token(&auth, &old).await,
+        "invalid_token",
+        "Invalid token",
+        "key rotated away",
+    );
+    auth_token(&auth, &idp.mint(Alg::RS256, json!({}), None))
+        .await
+        .expect("new key");
 }
 
 #[tokio::test]
@@ -373,7 +529,12 @@ async fn verified_cache_never_outlives_exp() {
     assert!(auth.verified_cache_entries() <= 1);
     // jsonwebtoken accepts up to and including `exp`; wait until strictly after it.
     assert!(eventually(Duration::from_secs(6), || async { idp::now() > exp }).await);
-    assert_401(auth_token(&auth, &token).await, "invalid_token", "Token expired", "after exp");
+    assert_401(
+        auth_token(&auth, &token).await,
+        "invalid_token",
+        "Token expired",
+        "after exp",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -398,7 +559,13 @@ async fn idp_down_at_start_is_503_then_recovers_without_restart() {
     assert_eq!(auth.jwks_fetches(), 1);
     let check = auth.identity_provider_check().unwrap();
     assert_eq!(check["status"], "down");
-    assert!(check["message"].as_str().unwrap().starts_with("Unable to fetch JWKS"), "{check}");
+    assert!(
+        check["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Unable to fetch JWKS"),
+        "{check}"
+    );
 
     idp.restart();
     assert!(
@@ -417,7 +584,12 @@ async fn refresh_loop_fetches_in_the_background_and_keeps_the_last_good_set() {
     idp.stop();
     let auth = Authenticator::new(&cfg(&idp), MAX_TOKEN);
     let loop_task = tokio::spawn(auth.clone().run_refresh_loop());
-    assert!(eventually(Duration::from_secs(5), || async { auth.jwks_fetches() >= 1 }).await);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            auth.jwks_fetches() >= 1
+        })
+        .await
+    );
     idp.restart();
     // No request needed: the loop's back-off retries bring the keys in.
     assert!(
@@ -427,16 +599,23 @@ async fn refresh_loop_fetches_in_the_background_and_keeps_the_last_good_set() {
         .await
     );
     let fetches = auth.jwks_fetches();
-    auth_token(&auth, &idp.mint(Alg::RS256, json!({}), None)).await.expect("keys present");
+    auth_token(&auth, &idp.mint(Alg::RS256, json!({}), None))
+        .await
+        .expect("keys present");
     assert_eq!(auth.jwks_fetches(), fetches, "no fetch on the request path");
 
     // A failing refresh keeps the last good set.
     idp.set_jwks_fail(Some(500));
     assert!(auth.refresh_keys().await.is_err());
-    auth_token(&auth, &idp.mint(Alg::ES256, json!({}), None)).await.expect("old set kept");
+    auth_token(&auth, &idp.mint(Alg::ES256, json!({}), None))
+        .await
+        .expect("old set kept");
     let check = auth.identity_provider_check().unwrap();
     assert_eq!(check["status"], "ok");
-    assert!(check["message"].as_str().unwrap().contains("500"), "{check}");
+    assert!(
+        check["message"].as_str().unwrap().contains("500"),
+        "{check}"
+    );
     loop_task.abort();
 }
 
@@ -528,12 +707,22 @@ async fn anonymous_gets_a_client_credentials_token() {
         .unwrap()
         .expect("a token");
     let r = &idp.token_requests()[0];
-    assert_eq!(r.names(), ["grant_type", "client_id", "client_secret", "audience"]);
+    assert_eq!(
+        r.names(),
+        ["grant_type", "client_id", "client_secret", "audience"]
+    );
     assert_eq!(r.get("grant_type"), Some("client_credentials"));
     assert_eq!(r.get("audience"), Some(COORDINATOR_AUDIENCE));
-    assert_eq!(claims_of(&token)["sub"], format!("service-account-{CLIENT_ID}"));
+    assert_eq!(
+        claims_of(&token)["sub"],
+        format!("service-account-{CLIENT_ID}")
+    );
     // Dev principals share the same client-credentials token: cached, no second call.
-    let again = broker.upstream_token(&Principal::Dev("dev".into())).await.unwrap().unwrap();
+    let again = broker
+        .upstream_token(&Principal::Dev("dev".into()))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(again, token);
     assert_eq!(idp.token_calls(), 1);
 }
@@ -546,7 +735,10 @@ async fn disabled_without_credentials_sends_no_token_and_never_calls_the_sts() {
     c.client_id = None;
     c.client_secret = None;
     let broker = TokenBroker::new(&c, COORDINATOR_AUDIENCE);
-    for p in [Principal::Dev("dev".into()), Principal::Anonymous("anonymous".into())] {
+    for p in [
+        Principal::Dev("dev".into()),
+        Principal::Anonymous("anonymous".into()),
+    ] {
         assert_eq!(broker.upstream_token(&p).await.unwrap(), None);
     }
     assert_eq!(idp.token_calls(), 0);
@@ -577,12 +769,20 @@ async fn sts_down_is_retryable_502_then_recovers() {
         assert_eq!(e.retryable, Some(true));
     }
     idp.restart();
-    broker.upstream_token(&p).await.expect("STS back").expect("token");
+    broker
+        .upstream_token(&p)
+        .await
+        .expect("STS back")
+        .expect("token");
     let (_, _, calls, errors) = broker.stats();
     assert_eq!((calls, errors), (3, 2), "errors are not cached");
 
     // 5xx is retryable too, and shows the STS status.
-    let other = principal(&idp.mint(Alg::RS256, json!({}), None), "x", idp::now() + 300);
+    let other = principal(
+        &idp.mint(Alg::RS256, json!({}), None),
+        "x",
+        idp::now() + 300,
+    );
     idp.set_token_fail(Some(503));
     let e = broker.upstream_token(&other).await.unwrap_err();
     assert_eq!((e.status, e.retryable), (502, Some(true)));
@@ -601,7 +801,10 @@ async fn sts_timeout_is_retryable_502() {
         .upstream_token(&Principal::Anonymous("anonymous".into()))
         .await
         .unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(2), "timeout honoured");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "timeout honoured"
+    );
     assert_eq!((e.status, e.code), (502, "token_request_failed"));
     assert_eq!(e.retryable, Some(true));
     assert_eq!(e.details.as_ref().unwrap()["error"], "timeout");
@@ -620,13 +823,23 @@ async fn sts_refusals_keep_their_status_and_never_leak() {
     ] {
         idp.set_token_fail(Some(sts));
         let e = broker.upstream_token(&p).await.unwrap_err();
-        assert_eq!((e.status, e.code), (status, "token_exchange_failed"), "STS {sts}");
+        assert_eq!(
+            (e.status, e.code),
+            (status, "token_exchange_failed"),
+            "STS {sts}"
+        );
         assert_eq!(e.message, "Token exchange failed");
         assert_eq!(e.retryable, Some(false));
         let details = e.details.as_ref().unwrap();
-        assert_eq!((details["status"].as_u64(), details["error"].as_str()), (Some(sts as u64), Some(error)));
+        assert_eq!(
+            (details["status"].as_u64(), details["error"].as_str()),
+            (Some(sts as u64), Some(error))
+        );
         let body = String::from_utf8(e.body()).unwrap();
-        assert!(!body.contains(CLIENT_SECRET) && !body.contains(&inbound), "{body}");
+        assert!(
+            !body.contains(CLIENT_SECRET) && !body.contains(&inbound),
+            "{body}"
+        );
         assert!(!format!("{e:?}").contains(CLIENT_SECRET));
     }
     // Client credentials use their own code.
@@ -642,7 +855,11 @@ async fn sts_refusals_keep_their_status_and_never_leak() {
 async fn invalidate_and_short_lived_tokens_force_new_exchanges() {
     let idp = TestIdp::start();
     let broker = TokenBroker::new(&cfg(&idp), COORDINATOR_AUDIENCE);
-    let p = principal(&idp.mint(Alg::RS256, json!({}), None), "gina", idp::now() + 300);
+    let p = principal(
+        &idp.mint(Alg::RS256, json!({}), None),
+        "gina",
+        idp::now() + 300,
+    );
     let first = broker.upstream_token(&p).await.unwrap().unwrap();
     broker.invalidate(&p);
     let second = broker.upstream_token(&p).await.unwrap().unwrap();
@@ -652,14 +869,22 @@ async fn invalidate_and_short_lived_tokens_force_new_exchanges() {
 
     // A token living 1 s is used but never cached.
     idp.set_expires_in(Some(1));
-    let q = principal(&idp.mint(Alg::RS256, json!({}), None), "hal", idp::now() + 300);
+    let q = principal(
+        &idp.mint(Alg::RS256, json!({}), None),
+        "hal",
+        idp::now() + 300,
+    );
     broker.upstream_token(&q).await.unwrap().unwrap();
     broker.upstream_token(&q).await.unwrap().unwrap();
     assert_eq!(idp.token_calls(), 4);
 
     // No `expires_in` at all: a default lifetime, cached.
     idp.set_expires_in(None);
-    let r = principal(&idp.mint(Alg::RS256, json!({}), None), "ian", idp::now() + 300);
+    let r = principal(
+        &idp.mint(Alg::RS256, json!({}), None),
+        "ian",
+        idp::now() + 300,
+    );
     broker.upstream_token(&r).await.unwrap().unwrap();
     broker.upstream_token(&r).await.unwrap().unwrap();
     assert_eq!(idp.token_calls(), 5);

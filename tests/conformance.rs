@@ -21,9 +21,21 @@ fn python() -> PathBuf {
 }
 
 fn run_tier(url: &str, tier: &str) -> (bool, String) {
-    let wrapper = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/conformance/run_conformance.py");
+    let wrapper = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/conformance/run_conformance.py"
+    );
     let out = Command::new(python())
-        .args([wrapper, "check", "run-gateway", "--tier", tier, "--strict", "--url", url])
+        .args([
+            wrapper,
+            "check",
+            "run-gateway",
+            "--tier",
+            tier,
+            "--strict",
+            "--url",
+            url,
+        ])
         .output()
         .expect("run arp-conformance");
     let text = format!(
@@ -47,7 +59,10 @@ fn arp_conformance_smoke_and_surface_strict() {
     for tier in ["smoke", "surface"] {
         let (ok, report) = run_tier(&gw.url(), tier);
         println!("--- arp-conformance {tier} ---\n{report}");
-        assert!(ok, "arp-conformance --tier {tier} --strict failed:\n{report}");
+        assert!(
+            ok,
+            "arp-conformance --tier {tier} --strict failed:\n{report}"
+        );
         assert!(report.contains("ok=True"), "{report}");
         let passed = report.lines().filter(|l| l.starts_with("- PASS")).count();
         assert!(passed >= 2, "report lists passing checks: {report}");

@@ -16,7 +16,11 @@ fn dev_env(coord: &TestCoordinator) -> Vec<(&'static str, String)> {
 
 /// What reached the coordinator apart from the gateway's own health checks.
 fn forwarded(coord: &TestCoordinator) -> Vec<Recorded> {
-    coord.requests().into_iter().filter(|r| r.path != "/v1/health").collect()
+    coord
+        .requests()
+        .into_iter()
+        .filter(|r| r.path != "/v1/health")
+        .collect()
 }
 
 fn start(coord: &TestCoordinator, extra_env: &[(&str, &str)], args: &[&str]) -> Gateway {
@@ -77,7 +81,10 @@ fn missing_coordinator_is_a_one_line_startup_error() {
     let lines: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "one line: {out}");
     assert!(lines[0].contains("JARVIS_RUN_COORDINATOR_URL"), "{out}");
-    assert!(lines[0].contains("coordinators"), "names the YAML key: {out}");
+    assert!(
+        lines[0].contains("coordinators"),
+        "names the YAML key: {out}"
+    );
 }
 
 #[test]
@@ -99,15 +106,29 @@ fn invalid_values_name_their_variable() {
 
 #[test]
 fn check_flag_validates_yaml_and_exits() {
-    let good = temp_config("coordinators:\n  - url: http://127.0.0.1:9/v1/\nauth:\n  profile: dev-insecure\n");
-    let (status, out) = Gateway::run_to_exit(&[], &["--config", &good, "--check"], Duration::from_secs(20));
+    let good = temp_config(
+        "coordinators:\n  - url: http://127.0.0.1:9/v1/\nauth:\n  profile: dev-insecure\n",
+    );
+    let (status, out) = Gateway::run_to_exit(
+        &[],
+        &["--config", &good, "--check"],
+        Duration::from_secs(20),
+    );
     assert!(status.success(), "{out}");
-    let bad = temp_config("coordinators:\n  - url: http://127.0.0.1:9\nupstream:\n  balancing: fastest\n");
-    let (status, out) = Gateway::run_to_exit(&[], &["--config", &bad, "--check"], Duration::from_secs(20));
+    let bad = temp_config(
+        "coordinators:\n  - url: http://127.0.0.1:9\nupstream:\n  balancing: fastest\n",
+    );
+    let (status, out) =
+        Gateway::run_to_exit(&[], &["--config", &bad, "--check"], Duration::from_secs(20));
     assert!(!status.success());
     assert!(out.contains("upstream.balancing"), "{out}");
-    let typo = temp_config("coordinators:\n  - url: http://127.0.0.1:9\nlimits:\n  max_bodyy_bytes: 3\n");
-    let (status, out) = Gateway::run_to_exit(&[], &["--config", &typo, "--check"], Duration::from_secs(20));
+    let typo =
+        temp_config("coordinators:\n  - url: http://127.0.0.1:9\nlimits:\n  max_bodyy_bytes: 3\n");
+    let (status, out) = Gateway::run_to_exit(
+        &[],
+        &["--config", &typo, "--check"],
+        Duration::from_secs(20),
+    );
     assert!(!status.success());
     assert!(out.contains("max_bodyy_bytes"), "{out}");
 }
@@ -121,12 +142,23 @@ async fn yaml_file_configures_the_coordinator_and_env_wins() {
         from_file.url()
     ));
     let gw = Gateway::start(&[], &["--config", &cfg]);
-    let r = http_client().get(format!("{}/v1/runs/abc", gw.url())).send().await.unwrap();
+    let r = http_client()
+        .get(format!("{}/v1/runs/abc", gw.url()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(forwarded(&from_file).len(), 1);
 
-    let gw2 = Gateway::start(&[("JARVIS_RUN_COORDINATOR_URL", &from_env.url())], &["--config", &cfg]);
-    let r = http_client().get(format!("{}/v1/runs/abc", gw2.url())).send().await.unwrap();
+    let gw2 = Gateway::start(
+        &[("JARVIS_RUN_COORDINATOR_URL", &from_env.url())],
+        &["--config", &cfg],
+    );
+    let r = http_client()
+        .get(format!("{}/v1/runs/abc", gw2.url()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(forwarded(&from_env).len(), 1, "env var wins over the file");
     assert_eq!(forwarded(&from_file).len(), 1);
@@ -141,7 +173,10 @@ fn dotenv_local_is_loaded_from_the_working_directory() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(
         dir.join(".env.local"),
-        format!("JARVIS_RUN_COORDINATOR_URL={}\nARP_AUTH_PROFILE=dev-insecure\n", coord.url()),
+        format!(
+            "JARVIS_RUN_COORDINATOR_URL={}\nARP_AUTH_PROFILE=dev-insecure\n",
+            coord.url()
+        ),
     )
     .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_arp-jarvis-rungateway"))
@@ -151,7 +186,11 @@ fn dotenv_local_is_loaded_from_the_working_directory() {
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     std::fs::remove_file(dir.join(".env.local")).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_arp-jarvis-rungateway"))
         .arg("--check")
@@ -160,7 +199,10 @@ fn dotenv_local_is_loaded_from_the_working_directory() {
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .output()
         .unwrap();
-    assert!(!out.status.success(), "without .env.local there is no coordinator");
+    assert!(
+        !out.status.success(),
+        "without .env.local there is no coordinator"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -233,7 +275,11 @@ async fn unknown_paths_and_methods_get_envelopes_and_are_never_forwarded() {
             assert!(headers.contains_key("allow"), "{method} {path}");
         }
     }
-    assert!(forwarded(&coord).is_empty(), "nothing forwarded: {:?}", forwarded(&coord));
+    assert!(
+        forwarded(&coord).is_empty(),
+        "nothing forwarded: {:?}",
+        forwarded(&coord)
+    );
 }
 
 #[test]
@@ -323,7 +369,9 @@ async fn oversized_body_gets_413_and_limit_is_configurable() {
     }
     raw.extend_from_slice(b"0\r\n\r\n");
     let port = gw.port();
-    let resp = tokio::task::spawn_blocking(move || raw_request(port, &raw)).await.unwrap();
+    let resp = tokio::task::spawn_blocking(move || raw_request(port, &raw))
+        .await
+        .unwrap();
     assert_eq!(raw_status(&resp), 413);
     assert!(forwarded(&coord).is_empty());
 }
@@ -354,8 +402,14 @@ async fn valid_bodies_above_64_kib_are_forwarded_byte_for_byte() {
         let reqs = forwarded(&coord);
         assert_eq!(reqs.len(), 1, "exactly once ({size})");
         assert_eq!(reqs[0].body.len(), body.len(), "{size}");
-        assert!(reqs[0].body[..] == *body.as_bytes(), "byte for byte ({size})");
-        assert_eq!(reqs[0].header("x-request-id"), Some(format!("big-{size}").as_str()));
+        assert!(
+            reqs[0].body[..] == *body.as_bytes(),
+            "byte for byte ({size})"
+        );
+        assert_eq!(
+            reqs[0].header("x-request-id"),
+            Some(format!("big-{size}").as_str())
+        );
     }
 }
 
@@ -390,12 +444,27 @@ async fn forwarding_headers_request_id_and_no_client_authorization() {
     assert_eq!(got.header("x-forwarded-proto"), Some("http"));
 
     // No id from the client: one is generated, returned, and sent upstream.
-    let r = http_client().get(format!("{}/v1/runs/r2", gw.url())).send().await.unwrap();
+    let r = http_client()
+        .get(format!("{}/v1/runs/r2", gw.url()))
+        .send()
+        .await
+        .unwrap();
     let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
     assert!(id.len() >= 16);
-    assert_eq!(forwarded(&coord).last().cloned().unwrap().header("x-request-id"), Some(id.as_str()));
+    assert_eq!(
+        forwarded(&coord)
+            .last()
+            .cloned()
+            .unwrap()
+            .header("x-request-id"),
+        Some(id.as_str())
+    );
     // Errors the gateway writes itself carry it too.
-    let r = http_client().get(format!("{}/nope", gw.url())).send().await.unwrap();
+    let r = http_client()
+        .get(format!("{}/nope", gw.url()))
+        .send()
+        .await
+        .unwrap();
     assert!(r.headers().contains_key("x-request-id"));
 }
 
@@ -409,12 +478,23 @@ async fn coordinator_errors_pass_through_unchanged() {
     let gw = start(&coord, &[], &[]);
     let envelope = json!({"error": {"code": "run_not_found", "message": "no such run", "details": {"run_id": "zz"}}});
     coord.set_fail(Some((404, envelope.clone())));
-    let r = http_client().get(format!("{}/v1/runs/zz", gw.url())).send().await.unwrap();
+    let r = http_client()
+        .get(format!("{}/v1/runs/zz", gw.url()))
+        .send()
+        .await
+        .unwrap();
     let (status, _, v) = json_of(r).await;
     assert_eq!(status, 404);
     assert_eq!(v, envelope);
-    coord.set_fail(Some((409, json!({"error": {"code": "conflict", "message": "m"}}))));
-    let r = http_client().post(format!("{}/v1/runs/zz:cancel", gw.url())).send().await.unwrap();
+    coord.set_fail(Some((
+        409,
+        json!({"error": {"code": "conflict", "message": "m"}}),
+    )));
+    let r = http_client()
+        .post(format!("{}/v1/runs/zz:cancel", gw.url()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 409);
 }
 
@@ -426,10 +506,17 @@ async fn dead_coordinator_gives_502_and_slow_one_504() {
 
     coord.set_delay(Duration::from_secs(3));
     let t = Instant::now();
-    let r = http_client().get(format!("{}/v1/runs/r1", gw.url())).send().await.unwrap();
+    let r = http_client()
+        .get(format!("{}/v1/runs/r1", gw.url()))
+        .send()
+        .await
+        .unwrap();
     let (status, _, v) = json_of(r).await;
     assert_eq!(status, 504, "{v}");
-    assert!(t.elapsed() < Duration::from_secs(3), "answered at the timeout, not after the coordinator");
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "answered at the timeout, not after the coordinator"
+    );
     assert_envelope(&v, "run_coordinator_timeout");
     assert_eq!(v["error"]["retryable"], true);
 
@@ -457,7 +544,11 @@ async fn dead_coordinator_gives_502_and_slow_one_504() {
     assert_eq!(r.status(), 502);
 
     coord.restart();
-    let r = http_client().get(format!("{}/v1/runs/r1", gw.url())).send().await.unwrap();
+    let r = http_client()
+        .get(format!("{}/v1/runs/r1", gw.url()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200, "recovers once the coordinator is back");
 }
 
@@ -486,11 +577,17 @@ async fn assert_streams_line_by_line(gw: &Gateway) {
     let first = lines[0].0 - t0;
     let last = lines[4].0 - t0;
     // The coordinator sends line k at ~300k ms: the first must arrive long before the last is sent.
-    assert!(first < Duration::from_millis(900), "first line at {first:?}");
+    assert!(
+        first < Duration::from_millis(900),
+        "first line at {first:?}"
+    );
     assert!(last >= Duration::from_millis(1100), "last line at {last:?}");
     for w in lines.windows(2) {
         let gap = w[1].0 - w[0].0;
-        assert!(gap >= Duration::from_millis(150), "lines arrive spread out: {gap:?}");
+        assert!(
+            gap >= Duration::from_millis(150),
+            "lines arrive spread out: {gap:?}"
+        );
     }
 }
 
@@ -556,7 +653,11 @@ async fn json_string_events_are_repaired_to_ndjson() {
     coord.set_events(3, Duration::ZERO);
     coord.set_json_string_events(true);
     let gw = start(&coord, &[], &[]);
-    let r = http_client().get(format!("{}/v1/runs/r9/events", gw.url())).send().await.unwrap();
+    let r = http_client()
+        .get(format!("{}/v1/runs/r9/events", gw.url()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "application/x-ndjson");
     let lines = read_stream_lines(r).await;
@@ -568,7 +669,11 @@ async fn json_string_events_are_repaired_to_ndjson() {
     // Switched off: relayed as the coordinator sent it.
     let cfg = temp_config("events:\n  repair_json_string_body: false\n");
     let gw2 = start(&coord, &[], &["--config", &cfg]);
-    let r = http_client().get(format!("{}/v1/runs/r9/events", gw2.url())).send().await.unwrap();
+    let r = http_client()
+        .get(format!("{}/v1/runs/r9/events", gw2.url()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.headers()["content-type"], "application/json");
     let v: Value = r.json().await.unwrap();
     assert!(v.is_string());
@@ -582,7 +687,11 @@ async fn json_string_events_are_repaired_to_ndjson() {
 async fn version_and_health_are_answered_locally() {
     let coord = TestCoordinator::start();
     let gw = start(&coord, &[], &[]);
-    let r = http_client().get(format!("{}/v1/version", gw.url())).send().await.unwrap();
+    let r = http_client()
+        .get(format!("{}/v1/version", gw.url()))
+        .send()
+        .await
+        .unwrap();
     let (status, _, v) = json_of(r).await;
     assert_eq!(status, 200);
     assert_eq!(v["service_name"], "arp-jarvis-rungateway");
@@ -591,7 +700,11 @@ async fn version_and_health_are_answered_locally() {
     assert!(v["build"]["built_at"].is_string());
 
     coord.set_health("ok");
-    let r = http_client().get(format!("{}/v1/health", gw.url())).send().await.unwrap();
+    let r = http_client()
+        .get(format!("{}/v1/health", gw.url()))
+        .send()
+        .await
+        .unwrap();
     let (status, _, v) = json_of(r).await;
     assert_eq!(status, 200);
     assert_eq!(v["status"], "ok", "{v}");
@@ -602,11 +715,19 @@ async fn version_and_health_are_answered_locally() {
     assert!(!v.to_string().contains("null"));
 
     coord.set_health("degraded");
-    let r = http_client().get(format!("{}/v1/health", gw.url())).send().await.unwrap();
+    let r = http_client()
+        .get(format!("{}/v1/health", gw.url()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(json_of(r).await.2["status"], "degraded");
 
     coord.stop();
-    let r = http_client().get(format!("{}/v1/health", gw.url())).send().await.unwrap();
+    let r = http_client()
+        .get(format!("{}/v1/health", gw.url()))
+        .send()
+        .await
+        .unwrap();
     let (status, _, v) = json_of(r).await;
     assert_eq!(status, 200);
     assert_eq!(v["status"], "degraded");

@@ -25,6 +25,9 @@ const DEFAULT_EXPIRES_IN: u64 = 60;
 /// Tokens living less than this are used once and not cached.
 const MIN_CACHEABLE_SECS: u64 = 2;
 const MAX_STS_BODY_BYTES: usize = 64 << 10;
+/// However long the STS says a token lives, it is fetched again after a day (and a huge
+/// `expires_in` cannot overflow the cache's clock arithmetic).
+const MAX_CACHE_SECS: u64 = 24 * 3600;
 /// Bound on `invalidate()` marks not yet consumed by a request.
 const MAX_PENDING_INVALIDATIONS: usize = 1024;
 
@@ -106,7 +109,12 @@ impl Expiry<CacheKey, Arc<UpstreamToken>> for CacheFor {
 /// How long an STS token may be reused: `expires_in` minus the margin (half of `expires_in`
 /// when the margin would eat it all), never past the subject token's own `exp`, and not at
 /// all for tokens that live under two seconds.
-fn cache_lifetime(expires_in: u64, margin: Duration, subject_exp: Option<u64>, now: u64) -> Duration {
+fn cache_lifetime(
+    expires_in: u64,
+    margin: Duration,
+    subject_exp: Option<u64>,
+    now: u64,
+) -> Duration {
     if expires_in < MIN_CACHEABLE_SECS {
         return Duration::ZERO;
     }
@@ -119,7 +127,7 @@ fn cache_lifetime(expires_in: u64, margin: Duration, subject_exp: Option<u64>, n
     if let Some(exp) = subject_exp {
         secs = secs.min(exp.saturating_sub(now));
     }
-    Duration::from_secs(secs)
+    Duration::from_secs(secs.min(MAX_CACHE_SECS))
 }
 
 /// The STS's `error` code, only if it looks like an OAuth error code: its description (or
@@ -208,7 +216,10 @@ impl TokenBroker {
     }
 
     /// The token to send upstream for `principal`; `None` means send no `Authorization`.
-    pub async fn upstream_token(&self, principal: &Principal) -> Result<Option<Arc<str>>, ApiError> {
+    pub async fn upstream_token(
+        &self,
+        principal: &Principal,
+    ) -> Result<Option<Arc<str>>, ApiError> {
         let grant = match principal {
             Principal::Token { token, exp, .. } => Grant::Exchange {
                 subject_token: token,
@@ -378,7 +389,10 @@ impl TokenBroker {
                 .detail("error", error)
                 .retryable(true)
         };
-        let client = self.http.get().map_err(|_| unavailable("client unavailable"))?;
+        let client = self
+            .http
+            .get()
+            .map_err(|_| unavailable("client unavailable"))?;
         let resp = client
             .post(endpoint)
             .header(reqwest::header::ACCEPT, "application/json")
@@ -444,6 +458,7 @@ mod tests {
         assert_eq!(cache_lifetime(300, m, Some(1_000_100), 1_000_000), s(100));
         assert_eq!(cache_lifetime(300, m, Some(5), 1_000_000), s(0));
         assert_eq!(cache_lifetime(300, Duration::ZERO, None, 0), s(300));
+        assert_eq!(cache_lifetime(u64::MAX, m, None, 0), s(MAX_CACHE_SECS));
     }
 
     #[test]
@@ -453,7 +468,10 @@ mod tests {
             Some("invalid_grant".into())
         );
         assert_eq!(short_error_code(br#"{"error":"has spaces in it"}"#), None);
-        assert_eq!(short_error_code(format!(r#"{{"error":"{}"}}"#, "a".repeat(65)).as_bytes()), None);
+        assert_eq!(
+            short_error_code(format!(r#"{{"error":"{}"}}"#, "a".repeat(65)).as_bytes()),
+            None
+        );
         assert_eq!(short_error_code(b"<html>oops</html>"), None);
         assert_eq!(short_error_code(br#"{"error":{"nested":1}}"#), None);
     }

@@ -472,7 +472,10 @@ impl KeyStore {
     pub(crate) fn status(&self) -> KeyStatus {
         let state = lock(&self.state);
         KeyStatus {
-            jwks_uri: self.jwks_uri.clone().or_else(|| lock(&self.discovered).clone()),
+            jwks_uri: self
+                .jwks_uri
+                .clone()
+                .or_else(|| lock(&self.discovered).clone()),
             keys: self.current().len(),
             last_refresh: state.last_success.map(|(_, at)| at),
             last_error: state.last_error.clone(),
@@ -569,8 +572,8 @@ impl KeyStore {
         let body = read_limited(resp, MAX_JWKS_BYTES)
             .await
             .map_err(|e| body_error("JWKS", &uri, e))?;
-        let doc: Value = serde_json::from_slice(&body)
-            .map_err(|_| format!("JWKS from {uri} is not JSON"))?;
+        let doc: Value =
+            serde_json::from_slice(&body).map_err(|_| format!("JWKS from {uri} is not JSON"))?;
         Ok((KeySet::parse(&doc)?, max_age))
     }
 
@@ -582,9 +585,10 @@ impl KeyStore {
         if let Some(uri) = lock(&self.discovered).clone() {
             return Ok((uri, true));
         }
-        let url = self.discovery_url.as_deref().ok_or_else(|| {
-            "no JWKS URI, issuer or discovery URL is configured".to_string()
-        })?;
+        let url = self
+            .discovery_url
+            .as_deref()
+            .ok_or_else(|| "no JWKS URI, issuer or discovery URL is configured".to_string())?;
         let client = self.http.get()?;
         let resp = client
             .get(url)
@@ -594,7 +598,10 @@ impl KeyStore {
             .map_err(|e| format!("OIDC discovery at {url} failed: {}", describe(&e)))?;
         let status = resp.status();
         if !status.is_success() {
-            return Err(format!("OIDC discovery at {url} answered {}", status.as_u16()));
+            return Err(format!(
+                "OIDC discovery at {url} answered {}",
+                status.as_u16()
+            ));
         }
         let body = read_limited(resp, MAX_DISCOVERY_BYTES)
             .await
@@ -604,9 +611,7 @@ impl KeyStore {
         let uri = doc
             .get("jwks_uri")
             .and_then(Value::as_str)
-            .filter(|u| {
-                url::Url::parse(u).is_ok_and(|p| matches!(p.scheme(), "http" | "https"))
-            })
+            .filter(|u| url::Url::parse(u).is_ok_and(|p| matches!(p.scheme(), "http" | "https")))
             .ok_or_else(|| format!("OIDC discovery document at {url} has no valid jwks_uri"))?
             .to_string();
         *lock(&self.discovered) = Some(uri.clone());
@@ -666,23 +671,51 @@ mod tests {
         let kids: Vec<_> = set.keys.iter().map(|k| k.kid.as_deref().unwrap()).collect();
         assert_eq!(kids, ["sig", "ps", "ec"]);
 
-        assert!(matches!(set.select(Algorithm::RS256, Some("hmac")), Selection::UnknownKid));
+        assert!(matches!(
+            set.select(Algorithm::RS256, Some("hmac")),
+            Selection::UnknownKid
+        ));
         // A key whose own alg is PS256 must not verify RS256.
-        assert!(matches!(set.select(Algorithm::RS256, Some("ps")), Selection::NoUsableKey));
-        assert!(matches!(set.select(Algorithm::PS256, Some("ps")), Selection::Candidates(c) if c.len() == 1));
+        assert!(matches!(
+            set.select(Algorithm::RS256, Some("ps")),
+            Selection::NoUsableKey
+        ));
+        assert!(
+            matches!(set.select(Algorithm::PS256, Some("ps")), Selection::Candidates(c) if c.len() == 1)
+        );
         // kid of an EC key with an RSA algorithm: type mismatch, no fetch will help.
-        assert!(matches!(set.select(Algorithm::RS256, Some("ec")), Selection::NoUsableKey));
-        assert!(matches!(set.select(Algorithm::ES384, Some("ec")), Selection::NoUsableKey));
-        assert!(matches!(set.select(Algorithm::ES256, Some("ec")), Selection::Candidates(_)));
-        assert!(matches!(set.select(Algorithm::RS256, Some("new")), Selection::UnknownKid));
+        assert!(matches!(
+            set.select(Algorithm::RS256, Some("ec")),
+            Selection::NoUsableKey
+        ));
+        assert!(matches!(
+            set.select(Algorithm::ES384, Some("ec")),
+            Selection::NoUsableKey
+        ));
+        assert!(matches!(
+            set.select(Algorithm::ES256, Some("ec")),
+            Selection::Candidates(_)
+        ));
+        assert!(matches!(
+            set.select(Algorithm::RS256, Some("new")),
+            Selection::UnknownKid
+        ));
         // Without a kid: every usable key of the type (here "sig" only, "ps" is pinned to PS256).
-        assert!(matches!(set.select(Algorithm::RS256, None), Selection::Candidates(c) if c.len() == 1));
-        assert!(matches!(set.select(Algorithm::EdDSA, None), Selection::NoUsableKey));
+        assert!(
+            matches!(set.select(Algorithm::RS256, None), Selection::Candidates(c) if c.len() == 1)
+        );
+        assert!(matches!(
+            set.select(Algorithm::EdDSA, None),
+            Selection::NoUsableKey
+        ));
     }
 
     #[test]
     fn kidless_candidates_are_bounded_and_duplicates_dropped() {
-        let keys: Vec<Value> = (0..10).map(|i| rsa(&format!("k{i}"))).chain([rsa("k0")]).collect();
+        let keys: Vec<Value> = (0..10)
+            .map(|i| rsa(&format!("k{i}")))
+            .chain([rsa("k0")])
+            .collect();
         let set = KeySet::parse(&json!({ "keys": keys })).unwrap();
         assert_eq!(set.len(), 10);
         match set.select(Algorithm::RS256, None) {
@@ -710,8 +743,14 @@ mod tests {
     fn max_age_is_parsed_and_clamped() {
         assert_eq!(max_age(None), None);
         assert_eq!(max_age(Some("no-cache")), None);
-        assert_eq!(max_age(Some("public, max-age=600")), Some(Duration::from_secs(600)));
-        assert_eq!(max_age(Some("Max-Age=\"120\"")), Some(Duration::from_secs(120)));
+        assert_eq!(
+            max_age(Some("public, max-age=600")),
+            Some(Duration::from_secs(600))
+        );
+        assert_eq!(
+            max_age(Some("Max-Age=\"120\"")),
+            Some(Duration::from_secs(120))
+        );
         assert_eq!(max_age(Some("max-age=1")), Some(MAX_AGE_MIN));
         assert_eq!(max_age(Some("max-age=99999999")), Some(MAX_AGE_MAX));
         assert_eq!(max_age(Some("max-age=soon")), None);
@@ -740,7 +779,13 @@ mod tests {
 
     #[tokio::test]
     async fn no_source_fails_without_panicking_and_backs_off() {
-        let store = KeyStore::new(None, None, Duration::from_secs(300), Duration::from_secs(30), Duration::from_secs(1));
+        let store = KeyStore::new(
+            None,
+            None,
+            Duration::from_secs(300),
+            Duration::from_secs(30),
+            Duration::from_secs(1),
+        );
         assert!(store.ensure_keys().await.is_empty());
         assert_eq!(store.fetches(), 1);
         // Backing off: the next request does not fetch again.

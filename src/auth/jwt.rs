@@ -84,6 +84,8 @@ pub(crate) fn now_unix() -> u64 {
         .unwrap_or_default()
 }
 
+const MAX_LEEWAY: u64 = 24 * 3600;
+
 /// The verification policy: one `Validation` per allowed algorithm, built once from the
 /// configuration (never from whatever `alg` a token claims).
 pub(crate) struct Verifier {
@@ -98,6 +100,9 @@ impl Verifier {
         audience: Option<&str>,
         leeway: u64,
     ) -> Self {
+        // A skew beyond a day is a misconfiguration, and jsonwebtoken computes `now - leeway`
+        // and `now + leeway` unchecked.
+        let leeway = leeway.min(MAX_LEEWAY);
         let validations = algorithms
             .iter()
             // HMAC would let anyone holding a public key forge tokens (the configuration
@@ -241,15 +246,22 @@ mod tests {
         let v = Verifier::new(&[Algorithm::RS256], None, None, 0);
         let tok = |h: &str| format!("{}.{}.sig", b64(h), b64("{}"));
         assert_eq!(v.header(&tok(r#"{"alg":"none"}"#)), Err(Rejection::Invalid));
-        assert_eq!(v.header(&tok(r#"{"alg":"HS256"}"#)), Err(Rejection::Invalid));
-        assert_eq!(v.header(&tok(r#"{"alg":"ES256"}"#)), Err(Rejection::Invalid));
+        assert_eq!(
+            v.header(&tok(r#"{"alg":"HS256"}"#)),
+            Err(Rejection::Invalid)
+        );
+        assert_eq!(
+            v.header(&tok(r#"{"alg":"ES256"}"#)),
+            Err(Rejection::Invalid)
+        );
         assert_eq!(
             v.header(&tok(r#"{"alg":"RS256","crit":["exp"]}"#)),
             Err(Rejection::Invalid)
         );
         assert_eq!(v.header("garbage"), Err(Rejection::Invalid));
         assert_eq!(
-            v.header(&tok(r#"{"alg":"RS256","kid":"k"}"#)).map(|h| h.kid),
+            v.header(&tok(r#"{"alg":"RS256","kid":"k"}"#))
+                .map(|h| h.kid),
             Ok(Some("k".to_string()))
         );
     }
@@ -261,7 +273,8 @@ mod tests {
         assert_eq!(Rejection::Issuer.message(), "Invalid token issuer");
         assert_eq!(Rejection::Signature.message(), "Invalid token");
         assert_eq!(Rejection::Invalid.message(), "Invalid token");
-        let missing_aud = jsonwebtoken::errors::Error::from(ErrorKind::MissingRequiredClaim("aud".into()));
+        let missing_aud =
+            jsonwebtoken::errors::Error::from(ErrorKind::MissingRequiredClaim("aud".into()));
         assert_eq!(Rejection::from_jwt(&missing_aud), Rejection::Audience);
         let immature = jsonwebtoken::errors::Error::from(ErrorKind::ImmatureSignature);
         assert_eq!(Rejection::from_jwt(&immature), Rejection::Invalid);

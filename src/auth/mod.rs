@@ -84,9 +84,11 @@ pub fn install_crypto_provider() {
 /// features, no provider) stops the gateway at startup instead of failing every request.
 pub fn self_test() -> Result<(), String> {
     std::panic::catch_unwind(self_test_inner).unwrap_or_else(|_| {
-        Err("JWT self-test panicked: jsonwebtoken has no usable crypto provider \
+        Err(
+            "JWT self-test panicked: jsonwebtoken has no usable crypto provider \
              (enable exactly its aws_lc_rs feature and call auth::install_crypto_provider())"
-            .to_string())
+                .to_string(),
+        )
     })
 }
 
@@ -130,7 +132,11 @@ fn self_test_inner() -> Result<(), String> {
     let good = sign("self-test")?;
     match verify(&good) {
         Ok(v) if v.subject == "self-test" => {}
-        other => return Err(format!("JWT self-test: a valid token was refused ({other:?})")),
+        other => {
+            return Err(format!(
+                "JWT self-test: a valid token was refused ({other:?})"
+            ))
+        }
     }
     // Flip one character of the payload: the signature must no longer match.
     let mut tampered = good.into_bytes();
@@ -349,7 +355,9 @@ impl Authenticator {
                 return Err(idp_unavailable(self.keys.retry_after()));
             }
         }
-        let verified = outcome.unwrap_or(Err(Rejection::Invalid)).map_err(rejected)?;
+        let verified = outcome
+            .unwrap_or(Err(Rejection::Invalid))
+            .map_err(rejected)?;
         let principal = Principal::Token {
             token: token.to_owned(),
             subject: verified.subject.clone(),
@@ -510,7 +518,10 @@ mod tests {
         let e = required.authenticate("/v1/runs", None).await.unwrap_err();
         let (status, msg, challenge) = message(&e);
         assert_eq!((status, msg), (401, "Missing Authorization header"));
-        assert!(challenge.contains("error=\"invalid_request\""), "{challenge}");
+        assert!(
+            challenge.contains("error=\"invalid_request\""),
+            "{challenge}"
+        );
         let e = required
             .authenticate("/v1/runs", Some(b"Basic x"))
             .await
@@ -588,7 +599,10 @@ mod tests {
         let check = a.identity_provider_check().unwrap();
         assert_eq!(check["status"], "down");
         assert_eq!(check["details"]["keys"], 0);
-        assert!(check["message"].as_str().unwrap().starts_with("Unable to fetch JWKS"));
+        assert!(check["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Unable to fetch JWKS"));
         assert!(check["details"].get("last_refresh").is_none());
     }
 

@@ -22,10 +22,17 @@ pub(crate) fn digest(token: &str) -> TokenDigest {
 /// `exp` a fresh verification decides, applying the skew itself).
 struct UntilExp;
 
+/// Entries are dropped after a day even if `exp` is later: a far-future `exp` must not
+/// overflow the cache's clock arithmetic, and re-verifying once a day costs nothing.
+const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
 fn until(exp: u64) -> Duration {
-    (UNIX_EPOCH + Duration::from_secs(exp))
-        .duration_since(SystemTime::now())
-        .unwrap_or_default()
+    UNIX_EPOCH
+        .checked_add(Duration::from_secs(exp))
+        .map_or(MAX_LIFETIME, |at| {
+            at.duration_since(SystemTime::now()).unwrap_or_default()
+        })
+        .min(MAX_LIFETIME)
 }
 
 impl Expiry<TokenDigest, Arc<Verified>> for UntilExp {
@@ -110,7 +117,13 @@ mod tests {
         // Expired (accepted within skew only): never cached.
         let d2 = digest("old");
         cache
-            .insert(d2, Verified { exp: now_unix() - 1, ..v.clone() })
+            .insert(
+                d2,
+                Verified {
+                    exp: now_unix() - 1,
+                    ..v.clone()
+                },
+            )
             .await;
         assert!(cache.get(&d2, &set).await.is_none());
     }
@@ -121,5 +134,6 @@ mod tests {
         assert!(until(now + 10) <= Duration::from_secs(10));
         assert!(until(now + 10) > Duration::from_secs(8));
         assert_eq!(until(now - 5), Duration::ZERO);
+        assert_eq!(until(u64::MAX), MAX_LIFETIME);
     }
 }

@@ -115,7 +115,9 @@ impl Signer {
                 let point = k.public_key().as_ref();
                 json!({"kty": "EC", "crv": "P-256", "x": b64(&point[1..33]), "y": b64(&point[33..65])})
             }
-            Signer::Ed(k) => json!({"kty": "OKP", "crv": "Ed25519", "x": b64(k.public_key().as_ref())}),
+            Signer::Ed(k) => {
+                json!({"kty": "OKP", "crv": "Ed25519", "x": b64(k.public_key().as_ref())})
+            }
         }
     }
 }
@@ -407,7 +409,10 @@ impl TestIdp {
 
     /// Published kids, oldest first.
     pub fn kids(&self) -> Vec<String> {
-        lock(&self.shared.keys).iter().map(|k| k.kid.clone()).collect()
+        lock(&self.shared.keys)
+            .iter()
+            .map(|k| k.kid.clone())
+            .collect()
     }
 
     /// The current RS256 public key as a PEM `PUBLIC KEY` (SubjectPublicKeyInfo).
@@ -456,13 +461,23 @@ impl TestIdp {
     pub fn mint(&self, alg: Alg, overrides: Value, kid: Option<&str>) -> String {
         let key = self.newest(alg);
         let kid = kid.unwrap_or(&key.0).to_string();
-        self.sign(&key.1, alg, json!({"alg": alg.name(), "typ": "JWT", "kid": kid}), overrides)
+        self.sign(
+            &key.1,
+            alg,
+            json!({"alg": alg.name(), "typ": "JWT", "kid": kid}),
+            overrides,
+        )
     }
 
     /// Like `mint`, without a `kid` in the header.
     pub fn mint_without_kid(&self, alg: Alg, overrides: Value) -> String {
         let key = self.newest(alg);
-        self.sign(&key.1, alg, json!({"alg": alg.name(), "typ": "JWT"}), overrides)
+        self.sign(
+            &key.1,
+            alg,
+            json!({"alg": alg.name(), "typ": "JWT"}),
+            overrides,
+        )
     }
 
     /// Signed by the key `kid` using `alg` (which may differ from the alg the key is
@@ -475,13 +490,20 @@ impl TestIdp {
                 .map(|k| k.signer.clone())
                 .unwrap_or_else(|| panic!("test IdP has no key {kid}"))
         };
-        self.sign(&signer, alg, json!({"alg": alg.name(), "typ": "JWT", "kid": kid}), overrides)
+        self.sign(
+            &signer,
+            alg,
+            json!({"alg": alg.name(), "typ": "JWT", "kid": kid}),
+            overrides,
+        )
     }
 
     /// `alg: none`, empty signature.
     pub fn mint_none(&self, overrides: Value) -> String {
         let claims = self.claims(overrides);
-        jws(&json!({"alg": "none", "typ": "JWT"}), &claims, |_| Vec::new())
+        jws(&json!({"alg": "none", "typ": "JWT"}), &claims, |_| {
+            Vec::new()
+        })
     }
 
     /// The classic key-confusion attack: HS256 "signed" with the RSA public key PEM as the
@@ -490,10 +512,14 @@ impl TestIdp {
         let pem = self.public_key_pem();
         let kid = self.newest(Alg::RS256).0;
         let claims = self.claims(overrides);
-        jws(&json!({"alg": "HS256", "typ": "JWT", "kid": kid}), &claims, |msg| {
-            let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, pem.as_bytes());
-            aws_lc_rs::hmac::sign(&key, msg).as_ref().to_vec()
-        })
+        jws(
+            &json!({"alg": "HS256", "typ": "JWT", "kid": kid}),
+            &claims,
+            |msg| {
+                let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, pem.as_bytes());
+                aws_lc_rs::hmac::sign(&key, msg).as_ref().to_vec()
+            },
+        )
     }
 
     /// A well-formed token for a published kid whose signature belongs to other claims.
@@ -602,7 +628,10 @@ fn serve(listener: StdTcpListener, shared: Arc<Shared>) -> Serving {
                     .route("/.well-known/openid-configuration", get(discovery))
                     .route(&format!("{realm}/protocol/openid-connect/certs"), get(jwks))
                     .route("/jwks", get(jwks))
-                    .route(&format!("{realm}/protocol/openid-connect/token"), post(token))
+                    .route(
+                        &format!("{realm}/protocol/openid-connect/token"),
+                        post(token),
+                    )
                     .route("/token", post(token))
                     .with_state(shared);
                 let server = axum::serve(listener, app).into_future();
@@ -619,7 +648,12 @@ fn serve(listener: StdTcpListener, shared: Arc<Shared>) -> Serving {
 
 fn json_response(status: u16, body: Value) -> Response {
     let status = StatusCode::from_u16(status).expect("valid status");
-    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 async fn stall(shared: &Shared) -> Behaviour {

@@ -10,6 +10,7 @@
 
 pub mod coordinator;
 pub mod gateway;
+pub mod idp;
 
 pub use coordinator::{Recorded, TestCoordinator};
 pub use gateway::{free_port, Gateway};
