@@ -89,5 +89,12 @@ fn main() {
         upgrade: cli.upgrade,
         daemon: cli.daemon,
     };
-    build_server(state, &opts).run_forever();
+    let admin = match rungateway::server::bind_admin(&state) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("arp-jarvis-rungateway: configuration error: {e}");
+            std::process::exit(2);
+        }
+    };
+    build_server(state, admin, &opts).run_forever();
 }

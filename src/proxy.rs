@@ -27,6 +27,7 @@ pub struct State {
     pub auth: Arc<Authenticator>,
     pub broker: Arc<TokenBroker>,
     pub metrics: crate::metrics::Metrics,
+    pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
 }
 
 pub struct Gateway {
@@ -50,6 +51,10 @@ pub struct Ctx {
     pending: Option<ApiError>,
     repair: Option<events::JsonStringRepair>,
     stream_guard: Option<crate::metrics::StreamGuard>,
+    stream_socket: Option<crate::lifecycle::StreamSocket>,
+    in_flight: Option<crate::lifecycle::InFlight>,
+    sent_upstream: Option<Instant>,
+    upstream_latency: Option<Duration>,
 }
 
 impl Ctx {
@@ -290,10 +295,15 @@ impl ProxyHttp for Gateway {
             pending: None,
             repair: None,
             stream_guard: None,
+            stream_socket: None,
+            in_flight: None,
+            sent_upstream: None,
+            upstream_latency: None,
         }
     }
 
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        ctx.in_flight = Some(self.state.lifecycle.enter());
         // Without a write timeout a client that stops reading would pin a stream forever.
         session.set_write_timeout(Some(self.state.cfg.client_write_timeout));
         let h = &session.req_header().headers;
@@ -377,6 +387,22 @@ impl ProxyHttp for Gateway {
         e
     }
 
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.sent_upstream = Some(Instant::now());
+        if ctx.op() == Some(Operation::StreamRunEvents) {
+            ctx.stream_socket = Some(self.state.lifecycle.register_stream(fd));
+        }
+        Ok(())
+    }
+
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
@@ -436,6 +462,7 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         if !resp.status.is_informational() {
             ctx.response_started = true;
+            ctx.upstream_latency = ctx.sent_upstream.map(|t| t.elapsed());
         }
         Ok(())
     }
@@ -536,6 +563,7 @@ impl ProxyHttp for Gateway {
             status,
             duration: ctx.start.elapsed(),
             upstream,
+            upstream_latency: ctx.upstream_latency,
             bytes_out: session.as_ref().body_bytes_sent() as u64,
             error: e.map(|e| e.etype().as_str()),
         };
@@ -543,5 +571,7 @@ impl ProxyHttp for Gateway {
             .metrics
             .record(&record, self.state.cfg.access_log);
         ctx.stream_guard.take();
+        ctx.stream_socket.take();
+        ctx.in_flight.take();
     }
 }

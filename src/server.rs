@@ -1,9 +1,11 @@
 //! Turns a `Config` into a running Pingora server: the proxy service on the public listener and
 //! the background services (coordinator health checks, JWKS refresh).
 
+use crate::admin::{Admin, AdminService};
 use crate::auth::exchange::TokenBroker;
 use crate::auth::Authenticator;
 use crate::config::{Config, ConfigError};
+use crate::lifecycle::{Drainer, Lifecycle};
 use crate::proxy::{Gateway, State};
 use crate::upstream::Upstreams;
 use async_trait::async_trait;
@@ -31,6 +33,7 @@ pub fn build_state(cfg: Config) -> Result<Arc<State>, ConfigError> {
         auth,
         broker,
         metrics: Default::default(),
+        lifecycle: Lifecycle::new(),
     }))
 }
 
@@ -38,7 +41,11 @@ fn server_conf(cfg: &Config, opts: &ProcessOpts) -> ServerConf {
     ServerConf {
         daemon: opts.daemon,
         threads: cfg.threads,
-        grace_period_seconds: Some(cfg.grace_period.as_secs()),
+        // Our drainer exits the process itself (early when idle, at our deadline otherwise);
+        // Pingora's own sleep is only the backstop behind it.
+        grace_period_seconds: Some(
+            cfg.grace_period.as_secs() + cfg.graceful_shutdown_timeout.as_secs() + 2,
+        ),
         graceful_shutdown_timeout_seconds: Some(cfg.graceful_shutdown_timeout.as_secs()),
         upgrade_sock: cfg.upgrade_sock.clone(),
         pid_file: cfg.pid_file.clone(),
@@ -47,6 +54,16 @@ fn server_conf(cfg: &Config, opts: &ProcessOpts) -> ServerConf {
 }
 
 struct JwksRefresh(Arc<Authenticator>);
+
+/// Marks the process ready once the server runs its services (listeners are bound by then).
+struct Readiness(Arc<Lifecycle>);
+
+#[async_trait]
+impl BackgroundService for Readiness {
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        self.0.set_ready();
+    }
+}
 
 #[async_trait]
 impl BackgroundService for JwksRefresh {
@@ -58,7 +75,21 @@ impl BackgroundService for JwksRefresh {
     }
 }
 
-pub fn build_server(state: Arc<State>, opts: &ProcessOpts) -> Server {
+/// The admin listener, bound before the server starts so that a bad address fails startup.
+pub fn bind_admin(state: &Arc<State>) -> Result<Option<AdminService>, ConfigError> {
+    match &state.cfg.admin_listen {
+        None => Ok(None),
+        Some(addr) => AdminService::bind(
+            Admin {
+                state: state.clone(),
+            },
+            addr,
+        )
+        .map(Some),
+    }
+}
+
+pub fn build_server(state: Arc<State>, admin: Option<AdminService>, opts: &ProcessOpts) -> Server {
     let cfg = &state.cfg;
     let opt = Opt {
         upgrade: opts.upgrade,
@@ -84,6 +115,24 @@ pub fn build_server(state: Arc<State>, opts: &ProcessOpts) -> Server {
     server.add_service(GenBackgroundService::new(
         "jwks refresh".to_string(),
         Arc::new(JwksRefresh(state.auth.clone())),
+    ));
+    server.add_service(GenBackgroundService::new(
+        "drain".to_string(),
+        Arc::new(Drainer {
+            lifecycle: state.lifecycle.clone(),
+            grace: cfg.grace_period,
+            cut_timeout: cfg.graceful_shutdown_timeout,
+        }),
+    ));
+    if let Some(admin) = admin {
+        server.add_service(GenBackgroundService::new(
+            "admin".to_string(),
+            Arc::new(admin),
+        ));
+    }
+    server.add_service(GenBackgroundService::new(
+        "readiness".to_string(),
+        Arc::new(Readiness(state.lifecycle.clone())),
     ));
     server
 }

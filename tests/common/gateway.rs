@@ -158,6 +158,20 @@ impl Gateway {
         }
     }
 
+    /// Start on a given port without waiting for readiness: for a zero-downtime upgrade, where
+    /// the new process (`-u`) only serves once the old one hands its sockets over.
+    pub fn spawn_on(port: u16, env: &[(&str, &str)], args: &[&str]) -> Gateway {
+        let dir = new_work_dir();
+        let log = dir.join("gateway.log");
+        let child = spawn(env, args, port, &dir, &log);
+        Gateway {
+            child,
+            port,
+            dir,
+            log,
+        }
+    }
+
     /// Run the binary until it exits, for startup-error tests. `--host 127.0.0.1 --port <free>`
     /// are added unless `args` already set them. Panics (after killing it) if it is still
     /// running after `timeout`. Returns the exit status and the combined stdout+stderr.
