@@ -64,6 +64,15 @@ fn main() {
         eprintln!("arp-jarvis-rungateway: JWT backend self-test failed: {e}");
         std::process::exit(2);
     }
+    for w in rungateway::auth::config_warnings(&cfg.auth) {
+        log::warn!("{w}");
+    }
+    if cli.check {
+        // Host names are not resolved here: DNS belongs to the environment the gateway runs in,
+        // not to the file being checked.
+        println!("configuration OK");
+        return;
+    }
     let state = match build_state(cfg) {
         Ok(s) => s,
         Err(e) => {
@@ -71,13 +80,6 @@ fn main() {
             std::process::exit(2);
         }
     };
-    for w in rungateway::auth::config_warnings(&state.cfg.auth) {
-        log::warn!("{w}");
-    }
-    if cli.check {
-        println!("configuration OK");
-        return;
-    }
     log::info!(
         "listening on {}:{}, {} coordinator(s), auth mode {:?}",
         state.cfg.host,
