@@ -55,6 +55,9 @@ pub struct Ctx {
     in_flight: Option<crate::lifecycle::InFlight>,
     sent_upstream: Option<Instant>,
     upstream_latency: Option<Duration>,
+    /// The coordinator refused our cached token once; the retry needs a fresh exchange.
+    refresh_token: bool,
+    token_retried: bool,
 }
 
 impl Ctx {
@@ -299,6 +302,8 @@ impl ProxyHttp for Gateway {
             in_flight: None,
             sent_upstream: None,
             upstream_latency: None,
+            refresh_token: false,
+            token_retried: false,
         }
     }
 
@@ -332,6 +337,10 @@ impl ProxyHttp for Gateway {
             .unwrap_or("")
             .as_bytes();
         let streaming = ctx.op() == Some(Operation::StreamRunEvents);
+        if ctx.refresh_token {
+            // The retry after a refused token may go to the same coordinator again.
+            ctx.tried.pop();
+        }
         match self.state.upstreams.select(key, &ctx.tried) {
             Some(id) => {
                 ctx.tried.push(id);
@@ -379,6 +388,10 @@ impl ProxyHttp for Gateway {
         // A request whose bytes reached a coordinator is resent only when it is idempotent,
         // nothing of the answer has been relayed yet, and it is the first such retry.
         let idempotent = ctx.op().is_some_and(Operation::is_idempotent);
+        if ctx.refresh_token {
+            e.set_retry(true);
+            return e;
+        }
         let may_retry = idempotent
             && !ctx.response_started
             && ctx.tried.len() < 2
@@ -413,6 +426,18 @@ impl ProxyHttp for Gateway {
             req.remove_header(name.as_str());
         }
         req.remove_header("authorization");
+        if std::mem::take(&mut ctx.refresh_token) {
+            if let Some(p) = &ctx.principal {
+                match self.state.broker.upstream_token(p).await {
+                    Ok(t) => ctx.upstream_token = t,
+                    Err(e) => {
+                        let err = custom_error(&e);
+                        ctx.pending = Some(e);
+                        return Err(err);
+                    }
+                }
+            }
+        }
         if let Some(token) = &ctx.upstream_token {
             req.insert_header("Authorization", format!("Bearer {token}"))?;
         }
@@ -460,6 +485,21 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if resp.status.as_u16() == 401 && ctx.upstream_token.is_some() {
+            // The coordinator refused a token we may have cached: never reuse it. An idempotent
+            // call is retried once with a fresh exchange; a second 401 goes to the client.
+            if let Some(p) = &ctx.principal {
+                self.state.broker.invalidate(p);
+            }
+            let idempotent = ctx.op().is_some_and(Operation::is_idempotent);
+            if idempotent && !ctx.token_retried {
+                ctx.token_retried = true;
+                ctx.refresh_token = true;
+                let mut e = Error::explain(ErrorType::HTTPStatus(401), "coordinator refused token");
+                e.set_retry(true);
+                return Err(e);
+            }
+        }
         if !resp.status.is_informational() {
             ctx.response_started = true;
             ctx.upstream_latency = ctx.sent_upstream.map(|t| t.elapsed());

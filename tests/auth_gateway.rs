@@ -485,3 +485,37 @@ async fn no_token_or_secret_ever_reaches_the_log() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_coordinator_401_drops_the_cached_token_and_retries_gets_once() {
+    let idp = TestIdp::start();
+    let coord = TestCoordinator::start();
+    let gw = start(&auth_env(&idp, &coord, &[]));
+    let token = idp.mint(Alg::RS256, json!({}), None);
+    assert_eq!(get_run(&gw, Some(&token)).await.0, 200);
+    let calls = idp.token_calls();
+
+    let refusal = json!({"error": {"code": "unauthorized", "message": "token revoked"}});
+    coord.set_fail(Some((401, refusal.clone())));
+    coord.clear();
+    let (status, _, v) = get_run(&gw, Some(&token)).await;
+    assert_eq!(status, 401);
+    assert_eq!(v, refusal, "the second 401 goes to the client as is");
+    assert_eq!(forwarded(&coord).len(), 2, "retried exactly once");
+    assert_eq!(idp.token_calls(), calls + 1, "the retry used a fresh exchange");
+
+    // Not idempotent: sent once, but the cached token is still dropped.
+    coord.clear();
+    let r = http_client()
+        .post(format!("{}/v1/runs/r1:cancel", gw.url()))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(forwarded(&coord).len(), 1);
+    coord.set_fail(None);
+    let before = idp.token_calls();
+    assert_eq!(get_run(&gw, Some(&token)).await.0, 200);
+    assert_eq!(idp.token_calls(), before + 1, "a fresh exchange after the refusal");
+}
