@@ -1,69 +1,82 @@
-//! Start-run bodies above Pingora's 64 KiB replay buffer cannot be forwarded by the proxy loop
-//! once `request_filter` has read them (PINGORA-NOTES). This rare case is sent to the chosen
-//! coordinator by the gateway's own pooled client, and the answer relayed as it came.
+//! Calls the gateway makes to a coordinator with its own pooled client instead of Pingora's
+//! proxy loop, for the two cases that loop cannot serve: start-run bodies above its 64 KiB replay
+//! buffer (a body read in `request_filter` is not forwarded otherwise: PINGORA-NOTES), and the
+//! events answer whose content type can only be decided after its whole body (the JSON-string
+//! repair). The request head is prepared by the same function the proxy loop uses.
 
 use crate::errors::ApiError;
-use crate::headers;
-use crate::proxy::{Ctx, State};
-use crate::upstream::http_client;
+use crate::proxy::{prepare_upstream_request, Ctx, State};
+use crate::upstream::{http_client, CoordinatorId};
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 
-/// Coordinator answers to a start-run are one `Run`; anything far larger is not one.
-const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
+/// A start-run answer is one `Run`; an events answer that is buffered is a finished, bounded
+/// list. Anything far larger is not a sane answer.
+const MAX_ANSWER_BYTES: usize = 32 * 1024 * 1024;
 
 pub struct Answer {
     pub status: u16,
-    headers: Vec<(String, Vec<u8>)>,
-    body: Bytes,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub body: Bytes,
 }
 
-/// Sends the validated body to a coordinator, failing over to another one only while no
-/// connection was made (the request never reached anyone, so it cannot be a duplicate).
-pub async fn forward(
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_slice())
+    }
+
+    pub fn set_header(&mut self, name: &str, value: &str) {
+        self.headers.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+        self.headers
+            .push((name.to_string(), value.as_bytes().to_vec()));
+    }
+}
+
+/// Sends the request to `pinned`, or to a coordinator chosen like the proxy loop does, failing
+/// over to another one only while no connection was made (the request never reached anyone,
+/// so it cannot be a duplicate).
+pub async fn send(
     state: &State,
     ctx: &mut Ctx,
-    req: &RequestHeader,
-    body: Bytes,
+    client_req: &RequestHeader,
+    client_ip: Option<&str>,
+    body: Option<Bytes>,
+    pinned: Option<CoordinatorId>,
 ) -> Result<Answer, ApiError> {
-    let target = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let hop = headers::hop_by_hop_names(&req.headers);
     loop {
-        let Some(id) = state.upstreams.select(b"", &ctx.tried) else {
-            return Err(ApiError::coordinator_unavailable(
-                503,
-                None,
-                "no coordinator available",
-            ));
+        let id = match pinned {
+            Some(id) => id,
+            None => state.upstreams.select(b"", &ctx.tried).ok_or_else(|| {
+                ApiError::coordinator_unavailable(503, None, "no coordinator available")
+            })?,
         };
-        ctx.tried.push(id);
+        if pinned.is_none() {
+            ctx.tried.push(id);
+        }
         let c = state.upstreams.coordinator(id);
+        let mut req = client_req.clone();
+        prepare_upstream_request(&mut req, ctx, client_ip, Some(c))
+            .map_err(|_| ApiError::internal())?;
+        let target = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let mut rb = http_client()
-            .post(format!("{}{}", c.base_url, target))
-            .timeout(state.cfg.upstream.request_timeout)
-            .body(body.clone());
+            .request(req.method.clone(), format!("{}{}", c.base_url, target))
+            .timeout(state.cfg.upstream.request_timeout);
         for (k, v) in req.headers.iter() {
-            let name = k.as_str();
-            if hop.iter().any(|h| h == name)
-                || matches!(
-                    name,
-                    "host" | "authorization" | "content-length" | "transfer-encoding"
-                )
-            {
-                continue;
+            // The client library frames the body and sets Host itself.
+            if !matches!(k.as_str(), "host" | "content-length" | "transfer-encoding") {
+                rb = rb.header(k, v);
             }
-            rb = rb.header(k, v);
         }
-        if let Some(t) = ctx.upstream_token() {
-            rb = rb.bearer_auth(t);
+        if let Some(b) = &body {
+            rb = rb.body(b.clone());
         }
-        rb = rb
-            .header("X-Request-Id", ctx.request_id.as_str())
-            .header("X-Forwarded-Proto", "http");
         match rb.send().await {
             Ok(resp) => return read_answer(resp, &c.base_url).await,
-            Err(e) if e.is_connect() => {
+            Err(e) if e.is_connect() && pinned.is_none() => {
                 state.upstreams.eject(id);
                 if ctx.tried.len() >= state.upstreams.coordinators().len() {
                     let status = if ctx.tried.len() > 1 { 503 } else { 502 };

@@ -1,14 +1,13 @@
 //! The one response repair the gateway makes. JARVIS coordinator 0.3.8 answers
 //! `GET /v1/runs/{id}/events` with `200 application/json` whose body is the NDJSON text encoded
 //! as a single JSON string. On that route, and only for that exact shape, the gateway relays the
-//! decoded text as `application/x-ndjson`. Every other response stays opaque bytes.
+//! decoded text as `application/x-ndjson`. Every other response stays opaque bytes: a candidate
+//! (200 `application/json`) is refetched whole by `direct` and left untouched unless its body is
+//! one JSON string, so even its content type changes only in the defect case.
 
-use bytes::{Bytes, BytesMut};
+use crate::direct::Answer;
+use bytes::Bytes;
 use pingora::http::ResponseHeader;
-
-/// Above this the body is not a small buffered answer any more; give up repairing and relay
-/// the bytes as they are rather than hold an unbounded buffer.
-const MAX_REPAIR_BYTES: usize = 32 * 1024 * 1024;
 
 /// Whether an events response has the shape of the known defect (decided on headers; the body
 /// is checked again at the end).
@@ -18,14 +17,16 @@ pub fn needs_repair(resp: &ResponseHeader) -> bool {
             .headers
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .map(|ct| {
-                ct.split(';')
-                    .next()
-                    .unwrap_or_default()
-                    .trim()
-                    .eq_ignore_ascii_case("application/json")
-            })
+            .map(is_json_media_type)
             .unwrap_or(false)
+}
+
+fn is_json_media_type(ct: &str) -> bool {
+    ct.split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .eq_ignore_ascii_case("application/json")
 }
 
 /// Decodes the body when it is one JSON string; `None` for anything else.
@@ -36,58 +37,60 @@ pub fn decode_json_string(body: &[u8]) -> Option<String> {
     }
 }
 
-#[derive(Default)]
-pub struct JsonStringRepair {
-    buf: BytesMut,
-    gave_up: bool,
-}
-
-impl JsonStringRepair {
-    /// Takes one body chunk and returns what to send downstream now.
-    pub fn feed(&mut self, chunk: Option<Bytes>, end: bool) -> Option<Bytes> {
-        if self.gave_up {
-            return chunk;
-        }
-        if let Some(c) = chunk {
-            self.buf.extend_from_slice(&c);
-        }
-        if self.buf.len() > MAX_REPAIR_BYTES {
-            log::warn!("events body too large to repair; relaying it unchanged");
-            self.gave_up = true;
-            return Some(std::mem::take(&mut self.buf).freeze());
-        }
-        if !end {
-            return None;
-        }
-        let raw = std::mem::take(&mut self.buf).freeze();
-        match decode_json_string(&raw) {
-            Some(text) => Some(Bytes::from(text)),
-            // Valid JSON of another shape (an object, say) is relayed as it came.
-            None => Some(raw),
-        }
+/// Applies the repair to a complete answer: only a 200 `application/json` whose body is one
+/// JSON string changes (to its decoded text, as `application/x-ndjson`); anything else is
+/// returned exactly as it came.
+pub fn repair_answer(mut a: Answer) -> Answer {
+    let is_json = a
+        .header("content-type")
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .map(is_json_media_type)
+        .unwrap_or(false);
+    if a.status != 200 || !is_json {
+        return a;
     }
+    if let Some(text) = decode_json_string(&a.body) {
+        a.body = Bytes::from(text);
+        a.set_header("content-type", "application/x-ndjson");
+        a.set_header("x-accel-buffering", "no");
+        a.set_header("cache-control", "no-cache");
+    }
+    a
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn answer(status: u16, ct: &str, body: &[u8]) -> Answer {
+        Answer {
+            status,
+            headers: vec![("content-type".into(), ct.as_bytes().to_vec())],
+            body: Bytes::copy_from_slice(body),
+        }
+    }
+
     #[test]
     fn decodes_only_a_json_string() {
         let ndjson = "{\"seq\":1}\n{\"seq\":2}\n";
         let encoded = serde_json::to_vec(ndjson).unwrap();
-        let mut r = JsonStringRepair::default();
-        let (a, b) = encoded.split_at(5);
-        assert_eq!(r.feed(Some(Bytes::copy_from_slice(a)), false), None);
-        assert_eq!(
-            r.feed(Some(Bytes::copy_from_slice(b)), true),
-            Some(Bytes::from(ndjson))
-        );
-        let mut r = JsonStringRepair::default();
-        assert_eq!(
-            r.feed(Some(Bytes::from_static(b"{\"a\":1}")), true),
-            Some(Bytes::from_static(b"{\"a\":1}"))
-        );
+        let a = repair_answer(answer(200, "application/json", &encoded));
+        assert_eq!(a.body, Bytes::from(ndjson));
+        assert_eq!(a.header("content-type"), Some(&b"application/x-ndjson"[..]));
+        for (status, ct, body) in [
+            (200, "application/json", &b"{\"a\":1}"[..]),
+            (404, "application/json", &encoded[..]),
+            (200, "application/x-ndjson", &encoded[..]),
+            (200, "application/json", b"not json"),
+        ] {
+            let a = repair_answer(answer(status, ct, body));
+            assert_eq!(&a.body[..], body, "{status} {ct}");
+            assert_eq!(
+                a.header("content-type"),
+                Some(ct.as_bytes()),
+                "{status} {ct}"
+            );
+        }
     }
 
     #[test]

@@ -49,7 +49,6 @@ pub struct Ctx {
     local_status: Option<u16>,
     /// An error decided in a hook, written by `fail_to_proxy`.
     pending: Option<ApiError>,
-    repair: Option<events::JsonStringRepair>,
     stream_guard: Option<crate::metrics::StreamGuard>,
     stream_socket: Option<crate::lifecycle::StreamSocket>,
     in_flight: Option<crate::lifecycle::InFlight>,
@@ -58,15 +57,13 @@ pub struct Ctx {
     /// The coordinator refused our cached token once; the retry needs a fresh exchange.
     refresh_token: bool,
     token_retried: bool,
+    /// The events answer has the JSON-string defect; `fail_to_proxy` refetches and repairs it.
+    repair_refetch: bool,
 }
 
 impl Ctx {
     pub fn op(&self) -> Option<Operation> {
         self.route.as_ref().map(|r| r.op)
-    }
-
-    pub(crate) fn upstream_token(&self) -> Option<&str> {
-        self.upstream_token.as_deref()
     }
 }
 
@@ -166,6 +163,58 @@ fn is_json_content_type(v: Option<&http::HeaderValue>) -> bool {
     }
 }
 
+/// The request head a coordinator receives: hop-by-hop headers and the client's credentials
+/// removed, the coordinator token, origin-form target, forwarding and tracing headers set.
+/// Used by the proxy loop and by the gateway's own client (`direct`) alike.
+pub(crate) fn prepare_upstream_request(
+    req: &mut RequestHeader,
+    ctx: &Ctx,
+    client_ip: Option<&str>,
+    coordinator: Option<&crate::config::Coordinator>,
+) -> Result<()> {
+    for name in headers::hop_by_hop_names(&req.headers) {
+        req.remove_header(name.as_str());
+    }
+    req.remove_header("authorization");
+    if let Some(token) = &ctx.upstream_token {
+        req.insert_header("Authorization", format!("Bearer {token}"))?;
+    }
+    // Origin-form target only: an absolute-form request must not carry its host upstream.
+    let target = req
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    let uri = target
+        .parse::<http::Uri>()
+        .or_err(ErrorType::InternalError, "bad target")?;
+    req.set_uri(uri);
+    if let Some(c) = coordinator {
+        req.insert_header("Host", format!("{}:{}", c.host, c.port))?;
+    }
+    if let Some(ip) = client_ip {
+        let xff = match req
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
+            _ => ip.to_string(),
+        };
+        req.insert_header("X-Forwarded-For", xff)?;
+    }
+    req.insert_header("X-Forwarded-Proto", "http")?;
+    req.insert_header("X-Request-Id", ctx.request_id.as_str())?;
+    if let Some(tp) = &ctx.traceparent {
+        req.insert_header("traceparent", tp.as_str())?;
+    }
+    if ctx.op() == Some(Operation::StreamRunEvents) {
+        // Compressed streams are buffered by zlib on both sides; ask for identity.
+        req.insert_header("Accept-Encoding", "identity")?;
+    }
+    Ok(())
+}
+
 impl Gateway {
     pub fn new(state: Arc<State>) -> Self {
         Gateway { state }
@@ -245,7 +294,20 @@ impl Gateway {
 
         if let Some(bytes) = body {
             if session.as_ref().retry_buffer_truncated() {
-                let answer = direct::forward(&self.state, ctx, session.req_header(), bytes).await?;
+                let req = session.req_header().clone();
+                let client_ip = session
+                    .client_addr()
+                    .and_then(|a| a.as_inet())
+                    .map(|a| a.ip().to_string());
+                let answer = direct::send(
+                    &self.state,
+                    ctx,
+                    &req,
+                    client_ip.as_deref(),
+                    Some(bytes),
+                    None,
+                )
+                .await?;
                 ctx.local_status = Some(answer.status);
                 direct::write(session, ctx, answer)
                     .await
@@ -296,7 +358,6 @@ impl ProxyHttp for Gateway {
             response_started: false,
             local_status: None,
             pending: None,
-            repair: None,
             stream_guard: None,
             stream_socket: None,
             in_flight: None,
@@ -304,6 +365,7 @@ impl ProxyHttp for Gateway {
             upstream_latency: None,
             refresh_token: false,
             token_retried: false,
+            repair_refetch: false,
         }
     }
 
@@ -392,6 +454,10 @@ impl ProxyHttp for Gateway {
             e.set_retry(true);
             return e;
         }
+        if ctx.repair_refetch {
+            e.set_retry(false);
+            return e;
+        }
         let may_retry = idempotent
             && !ctx.response_started
             && ctx.tried.len() < 2
@@ -422,10 +488,6 @@ impl ProxyHttp for Gateway {
         req: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        for name in headers::hop_by_hop_names(&req.headers) {
-            req.remove_header(name.as_str());
-        }
-        req.remove_header("authorization");
         if std::mem::take(&mut ctx.refresh_token) {
             if let Some(p) = &ctx.principal {
                 match self.state.broker.upstream_token(p).await {
@@ -438,45 +500,12 @@ impl ProxyHttp for Gateway {
                 }
             }
         }
-        if let Some(token) = &ctx.upstream_token {
-            req.insert_header("Authorization", format!("Bearer {token}"))?;
-        }
-        // Origin-form target only: an absolute-form request must not carry its host upstream.
-        let target = req
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str().to_string())
-            .unwrap_or_else(|| "/".into());
-        let uri = target
-            .parse::<http::Uri>()
-            .or_err(ErrorType::InternalError, "bad target")?;
-        req.set_uri(uri);
-        if let Some(id) = ctx.current {
-            let c = self.state.upstreams.coordinator(id);
-            req.insert_header("Host", format!("{}:{}", c.host, c.port))?;
-        }
-        if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
-            let ip = addr.ip().to_string();
-            let xff = match req
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-            {
-                Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-                _ => ip,
-            };
-            req.insert_header("X-Forwarded-For", xff)?;
-        }
-        req.insert_header("X-Forwarded-Proto", "http")?;
-        req.insert_header("X-Request-Id", ctx.request_id.as_str())?;
-        if let Some(tp) = &ctx.traceparent {
-            req.insert_header("traceparent", tp.as_str())?;
-        }
-        if ctx.op() == Some(Operation::StreamRunEvents) {
-            // Compressed streams are buffered by zlib on both sides; ask for identity.
-            req.insert_header("Accept-Encoding", "identity")?;
-        }
-        Ok(())
+        let client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip().to_string());
+        let coordinator = ctx.current.map(|id| self.state.upstreams.coordinator(id));
+        prepare_upstream_request(req, ctx, client_ip.as_deref(), coordinator)
     }
 
     async fn upstream_response_filter(
@@ -500,6 +529,19 @@ impl ProxyHttp for Gateway {
                 return Err(e);
             }
         }
+        if ctx.op() == Some(Operation::StreamRunEvents)
+            && self.state.cfg.repair_json_string_events
+            && events::needs_repair(resp)
+        {
+            // The content type can only be decided after the whole body is seen, but Pingora
+            // writes the head first: drop this attempt and fetch the (small, already complete)
+            // answer with our own client in `fail_to_proxy` instead.
+            ctx.repair_refetch = true;
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(200),
+                "events answer needs the JSON-string repair",
+            ));
+        }
         if !resp.status.is_informational() {
             ctx.response_started = true;
             ctx.upstream_latency = ctx.sent_upstream.map(|t| t.elapsed());
@@ -518,35 +560,18 @@ impl ProxyHttp for Gateway {
         }
         resp.insert_header("X-Request-Id", ctx.request_id.as_str())?;
         if ctx.op() == Some(Operation::StreamRunEvents) {
-            let repair = self.state.cfg.repair_json_string_events && events::needs_repair(resp);
-            if repair {
-                ctx.repair = Some(events::JsonStringRepair::default());
-                resp.insert_header("Content-Type", "application/x-ndjson")?;
-            }
+            // Proxies further along must not buffer (or cache) the stream either.
+            resp.insert_header("X-Accel-Buffering", "no")?;
+            resp.insert_header("Cache-Control", "no-cache")?;
             if resp.status.is_success() {
                 // A Content-Length body is flushed only at its end (PINGORA-NOTES): relay it
                 // chunked so every line goes out as it arrives.
                 resp.remove_header("Content-Length");
                 resp.insert_header("Transfer-Encoding", "chunked")?;
-                resp.insert_header("X-Accel-Buffering", "no")?;
-                resp.insert_header("Cache-Control", "no-cache")?;
                 ctx.stream_guard = Some(self.state.metrics.stream_opened());
             }
         }
         Ok(())
-    }
-
-    fn response_body_filter(
-        &self,
-        _session: &mut Session,
-        body: &mut Option<Bytes>,
-        end_of_stream: bool,
-        ctx: &mut Ctx,
-    ) -> Result<Option<Duration>> {
-        if let Some(repair) = ctx.repair.as_mut() {
-            *body = repair.feed(body.take(), end_of_stream);
-        }
-        Ok(None)
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
@@ -558,6 +583,43 @@ impl ProxyHttp for Gateway {
         if downstream_gone {
             return FailToProxy {
                 error_code: 0,
+                can_reuse_downstream: false,
+            };
+        }
+        if ctx.repair_refetch && session.response_written().is_none() {
+            let req = session.req_header().clone();
+            let client_ip = session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip().to_string());
+            let pinned = ctx.current;
+            let answer = direct::send(&self.state, ctx, &req, client_ip.as_deref(), None, pinned)
+                .await
+                .map(events::repair_answer);
+            let status = match answer {
+                Ok(a) => {
+                    let status = a.status;
+                    ctx.local_status = Some(status);
+                    if direct::write(session, ctx, a).await.is_err() {
+                        return FailToProxy {
+                            error_code: 0,
+                            can_reuse_downstream: false,
+                        };
+                    }
+                    status
+                }
+                Err(api) => {
+                    if write_error(session, ctx, &api).await.is_err() {
+                        return FailToProxy {
+                            error_code: 0,
+                            can_reuse_downstream: false,
+                        };
+                    }
+                    api.status
+                }
+            };
+            return FailToProxy {
+                error_code: status,
                 can_reuse_downstream: false,
             };
         }

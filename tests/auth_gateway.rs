@@ -502,7 +502,11 @@ async fn a_coordinator_401_drops_the_cached_token_and_retries_gets_once() {
     assert_eq!(status, 401);
     assert_eq!(v, refusal, "the second 401 goes to the client as is");
     assert_eq!(forwarded(&coord).len(), 2, "retried exactly once");
-    assert_eq!(idp.token_calls(), calls + 1, "the retry used a fresh exchange");
+    assert_eq!(
+        idp.token_calls(),
+        calls + 1,
+        "the retry used a fresh exchange"
+    );
 
     // Not idempotent: sent once, but the cached token is still dropped.
     coord.clear();
@@ -517,5 +521,9 @@ async fn a_coordinator_401_drops_the_cached_token_and_retries_gets_once() {
     coord.set_fail(None);
     let before = idp.token_calls();
     assert_eq!(get_run(&gw, Some(&token)).await.0, 200);
-    assert_eq!(idp.token_calls(), before + 1, "a fresh exchange after the refusal");
+    assert_eq!(
+        idp.token_calls(),
+        before + 1,
+        "a fresh exchange after the refusal"
+    );
 }

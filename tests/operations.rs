@@ -42,7 +42,12 @@ async fn one_json_access_line_per_request() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let r = http_client().get(format!("{}/nope", gw.url())).header("x-request-id", "json-req-2").send().await.unwrap();
+    let r = http_client()
+        .get(format!("{}/nope", gw.url()))
+        .header("x-request-id", "json-req-2")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
     assert!(wait_until_async(Duration::from_secs(5), || access_lines(&gw).len() >= 3).await);
     let lines = access_lines(&gw);
@@ -50,15 +55,27 @@ async fn one_json_access_line_per_request() {
         .iter()
         .map(|l| serde_json::from_str(&l[l.find('{').unwrap()..]).expect("JSON access line"))
         .collect();
-    let get = records.iter().find(|v| v["request_id"] == "json-req-1").expect("line for the GET");
+    let get = records
+        .iter()
+        .find(|v| v["request_id"] == "json-req-1")
+        .expect("line for the GET");
     assert_eq!(get["operation"], "get_run");
     assert_eq!(get["status"], 200);
     assert_eq!(get["upstream"], coord.url());
     assert!(get["duration_ms"].is_number());
     assert!(get["bytes"].as_u64().unwrap() > 0);
-    let nf = records.iter().find(|v| v["request_id"] == "json-req-2").expect("line for the 404");
+    let nf = records
+        .iter()
+        .find(|v| v["request_id"] == "json-req-2")
+        .expect("line for the 404");
     assert_eq!(nf["status"], 404);
-    assert_eq!(records.iter().filter(|v| v["request_id"] == "json-req-1").count(), 1);
+    assert_eq!(
+        records
+            .iter()
+            .filter(|v| v["request_id"] == "json-req-1")
+            .count(),
+        1
+    );
     assert!(!gw.logs().contains("must-not-be-logged"));
 }
 
@@ -73,14 +90,32 @@ async fn text_access_lines_and_off() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert!(wait_until_async(Duration::from_secs(5), || access_lines(&gw).iter().any(|l| l.contains("text-req-1"))).await);
-    let line = access_lines(&gw).into_iter().find(|l| l.contains("text-req-1")).unwrap();
-    for part in ["cancel_run", "POST", "/v1/runs/r7:cancel", " 200 ", &format!("upstream={}", coord.url())] {
+    assert!(
+        wait_until_async(Duration::from_secs(5), || access_lines(&gw)
+            .iter()
+            .any(|l| l.contains("text-req-1")))
+        .await
+    );
+    let line = access_lines(&gw)
+        .into_iter()
+        .find(|l| l.contains("text-req-1"))
+        .unwrap();
+    for part in [
+        "cancel_run",
+        "POST",
+        "/v1/runs/r7:cancel",
+        " 200 ",
+        &format!("upstream={}", coord.url()),
+    ] {
         assert!(line.contains(part), "{part} in {line}");
     }
 
     let quiet = start(&coord, "off");
-    let r = http_client().get(format!("{}/v1/runs/r1", quiet.url())).send().await.unwrap();
+    let r = http_client()
+        .get(format!("{}/v1/runs/r1", quiet.url()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert!(access_lines(&quiet).is_empty());
 }
@@ -98,13 +133,25 @@ async fn traceparent_is_passed_through_or_created() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let got = coord.requests().into_iter().rfind(|r| r.path == "/v1/runs/r1").unwrap();
+    let got = coord
+        .requests()
+        .into_iter()
+        .rfind(|r| r.path == "/v1/runs/r1")
+        .unwrap();
     assert_eq!(got.header("traceparent"), Some(tp), "untouched");
     assert_eq!(got.header("tracestate"), Some("vendor=abc"));
 
-    let r = http_client().get(format!("{}/v1/runs/r2", gw.url())).send().await.unwrap();
+    let r = http_client()
+        .get(format!("{}/v1/runs/r2", gw.url()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let got = coord.requests().into_iter().rfind(|r| r.path == "/v1/runs/r2").unwrap();
+    let got = coord
+        .requests()
+        .into_iter()
+        .rfind(|r| r.path == "/v1/runs/r2")
+        .unwrap();
     let created = got.header("traceparent").expect("created when absent");
     let parts: Vec<&str> = created.split('-').collect();
     assert_eq!(parts.len(), 4);
