@@ -113,6 +113,7 @@ pub struct FileLimits {
     pub max_header_bytes: Option<usize>,
     pub max_token_bytes: Option<usize>,
     pub client_write_timeout_seconds: Option<u64>,
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -282,6 +283,8 @@ pub struct Config {
     pub max_header_bytes: usize,
     pub max_token_bytes: usize,
     pub client_write_timeout: Duration,
+    /// Requests in flight at once (each holds a connection); beyond it new ones get a quick 503.
+    pub max_connections: usize,
     pub repair_json_string_events: bool,
     pub log_level: String,
     pub access_log: AccessLog,
@@ -556,6 +559,7 @@ impl Config {
             max_header_bytes: limits.max_header_bytes.unwrap_or(32 * 1024),
             max_token_bytes: limits.max_token_bytes.unwrap_or(16 * 1024),
             client_write_timeout: secs(limits.client_write_timeout_seconds.unwrap_or(60)),
+            max_connections: limits.max_connections.unwrap_or(10_000).max(1),
             repair_json_string_events: events.repair_json_string_body.unwrap_or(true),
             log_level: logging.level.unwrap_or_else(|| "info".to_string()),
             access_log,

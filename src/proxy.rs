@@ -228,6 +228,14 @@ impl Gateway {
         ctx: &mut Ctx,
     ) -> std::result::Result<bool, ApiError> {
         let cfg = &self.state.cfg;
+        if self.state.lifecycle.in_flight() > cfg.max_connections {
+            // Refuse quickly rather than degrade everyone already being served.
+            return Err(
+                ApiError::new(503, "overloaded", "Too many concurrent requests")
+                    .retryable(true)
+                    .header("Retry-After", "1"),
+            );
+        }
         let req = session.req_header();
         let target = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         if headers::head_size(&req.headers, target.len()) > cfg.max_header_bytes {
