@@ -94,6 +94,7 @@ pub struct FileUpstream {
     pub request_timeout_ms: Option<u64>,
     pub stream_idle_timeout_seconds: Option<u64>,
     pub idle_pool_timeout_seconds: Option<u64>,
+    pub dns_refresh_seconds: Option<u64>,
     pub health_check: Option<FileHealthCheck>,
 }
 
@@ -209,6 +210,7 @@ pub struct UpstreamConfig {
     pub request_timeout: Duration,
     pub stream_idle_timeout: Duration,
     pub idle_pool_timeout: Duration,
+    pub dns_refresh: Duration,
     pub health_interval: Duration,
     pub health_timeout: Duration,
     pub failures_to_eject: usize,
@@ -513,6 +515,7 @@ impl Config {
             request_timeout: ms(up.request_timeout_ms.unwrap_or(60_000)),
             stream_idle_timeout: secs(up.stream_idle_timeout_seconds.unwrap_or(300)),
             idle_pool_timeout: secs(up.idle_pool_timeout_seconds.unwrap_or(4)),
+            dns_refresh: secs(up.dns_refresh_seconds.unwrap_or(30).max(1)),
             health_interval: ms(hc.interval_ms.unwrap_or(2_000)),
             health_timeout: ms(hc.timeout_ms.unwrap_or(1_000)),
             failures_to_eject: hc.failures_to_eject.unwrap_or(2).max(1),

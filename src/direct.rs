@@ -6,7 +6,7 @@
 
 use crate::errors::ApiError;
 use crate::proxy::{prepare_upstream_request, Ctx, State};
-use crate::upstream::{http_client, CoordinatorId};
+use crate::upstream::{http_client, Target};
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
@@ -45,29 +45,36 @@ pub async fn send(
     client_req: &RequestHeader,
     client_ip: Option<&str>,
     body: Option<Bytes>,
-    pinned: Option<CoordinatorId>,
+    pinned: Option<Target>,
 ) -> Result<Answer, ApiError> {
     loop {
-        let id = match pinned {
-            Some(id) => id,
+        let target = match pinned {
+            Some(t) => t,
             None => state.upstreams.select(b"", &ctx.tried).ok_or_else(|| {
                 ApiError::coordinator_unavailable(503, None, "no coordinator available")
             })?,
         };
         if pinned.is_none() {
-            ctx.tried.push(id);
+            ctx.tried.push(target);
         }
-        let c = state.upstreams.coordinator(id);
+        let c = state.upstreams.coordinator(target.id);
+        // Plain HTTP goes to the exact address chosen (Host names the coordinator); HTTPS by
+        // name, so the certificate can be verified.
+        let origin = if c.tls {
+            c.base_url.clone()
+        } else {
+            format!("http://{}", target.addr)
+        };
         let mut req = client_req.clone();
         prepare_upstream_request(&mut req, ctx, client_ip, Some(c))
             .map_err(|_| ApiError::internal())?;
-        let target = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let path = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let mut rb = http_client()
-            .request(req.method.clone(), format!("{}{}", c.base_url, target))
+            .request(req.method.clone(), format!("{origin}{path}"))
             .timeout(state.cfg.upstream.request_timeout);
         for (k, v) in req.headers.iter() {
-            // The client library frames the body and sets Host itself.
-            if !matches!(k.as_str(), "host" | "content-length" | "transfer-encoding") {
+            // The client library frames the body itself.
+            if !matches!(k.as_str(), "content-length" | "transfer-encoding") {
                 rb = rb.header(k, v);
             }
         }
@@ -77,8 +84,8 @@ pub async fn send(
         match rb.send().await {
             Ok(resp) => return read_answer(resp, &c.base_url).await,
             Err(e) if e.is_connect() && pinned.is_none() => {
-                state.upstreams.eject(id);
-                if ctx.tried.len() >= state.upstreams.coordinators().len() {
+                state.upstreams.eject(target);
+                if state.upstreams.all_tried(&ctx.tried) {
                     let status = if ctx.tried.len() > 1 { 503 } else { 502 };
                     return Err(ApiError::coordinator_unavailable(
                         status,

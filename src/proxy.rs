@@ -9,7 +9,7 @@ use crate::errors::ApiError;
 use crate::headers;
 use crate::local;
 use crate::routes::{self, Operation, Route};
-use crate::upstream::{CoordinatorId, Upstreams};
+use crate::upstream::{Target, Upstreams};
 use crate::{direct, events, validate};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -42,8 +42,8 @@ pub struct Ctx {
     traceparent: Option<String>,
     principal: Option<Principal>,
     upstream_token: Option<Arc<str>>,
-    pub(crate) tried: Vec<CoordinatorId>,
-    current: Option<CoordinatorId>,
+    pub(crate) tried: Vec<Target>,
+    current: Option<Target>,
     response_started: bool,
     /// The answer the gateway gave itself (status), when it did.
     local_status: Option<u16>,
@@ -332,9 +332,9 @@ impl Gateway {
         }
         let url = ctx
             .current
-            .map(|id| self.state.upstreams.coordinator(id).base_url.clone());
+            .map(|t| self.state.upstreams.coordinator(t.id).base_url.clone());
         let all_tried = self.state.upstreams.coordinators().len() > 1
-            && ctx.tried.len() >= self.state.upstreams.coordinators().len();
+            && self.state.upstreams.all_tried(&ctx.tried);
         match e.etype() {
             ErrorType::HTTPStatus(code) => ApiError::new(*code, "http_error", "Request failed"),
             ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
@@ -412,10 +412,10 @@ impl ProxyHttp for Gateway {
             ctx.tried.pop();
         }
         match self.state.upstreams.select(key, &ctx.tried) {
-            Some(id) => {
-                ctx.tried.push(id);
-                ctx.current = Some(id);
-                Ok(self.state.upstreams.peer(id, streaming))
+            Some(t) => {
+                ctx.tried.push(t);
+                ctx.current = Some(t);
+                Ok(self.state.upstreams.peer(t, streaming))
             }
             None => {
                 let e = ApiError::coordinator_unavailable(503, None, "no coordinator available");
@@ -433,15 +433,14 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let Some(id) = ctx.current {
-            self.state.upstreams.eject(id);
+        if let Some(t) = ctx.current {
+            self.state.upstreams.eject(t);
             self.state
                 .metrics
-                .upstream_connect_failure(&self.state.upstreams.coordinator(id).base_url);
+                .upstream_connect_failure(&self.state.upstreams.coordinator(t.id).base_url);
         }
         // Nothing reached the coordinator: any operation may go to another one.
-        let untried = self.state.upstreams.coordinators().len() > ctx.tried.len();
-        e.set_retry(untried);
+        e.set_retry(!self.state.upstreams.all_tried(&ctx.tried));
         e
     }
 
@@ -469,7 +468,7 @@ impl ProxyHttp for Gateway {
         let may_retry = idempotent
             && !ctx.response_started
             && ctx.tried.len() < 2
-            && self.state.upstreams.coordinators().len() > ctx.tried.len();
+            && !self.state.upstreams.all_tried(&ctx.tried);
         e.set_retry(may_retry || (e.retry() && idempotent && !ctx.response_started));
         e
     }
@@ -512,7 +511,7 @@ impl ProxyHttp for Gateway {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip().to_string());
-        let coordinator = ctx.current.map(|id| self.state.upstreams.coordinator(id));
+        let coordinator = ctx.current.map(|t| self.state.upstreams.coordinator(t.id));
         prepare_upstream_request(req, ctx, client_ip.as_deref(), coordinator)
     }
 
@@ -664,7 +663,7 @@ impl ProxyHttp for Gateway {
             .unwrap_or(0);
         let upstream = ctx
             .current
-            .map(|id| self.state.upstreams.coordinator(id).base_url.as_str());
+            .map(|t| self.state.upstreams.coordinator(t.id).base_url.as_str());
         let record = crate::metrics::RequestRecord {
             request_id: &ctx.request_id,
             operation: ctx.op().map(Operation::name).unwrap_or("unmatched"),

@@ -1,10 +1,13 @@
-//! The coordinators: selection (Pingora's load balancer), active health checks against each
-//! coordinator's `GET /v1/health`, passive ejection after connection failures, and the
-//! `HttpPeer` settings (timeouts, pooling) every forwarded request uses.
+//! The coordinators: selection (Pingora's load balancer), host-name resolution that is retried
+//! and refreshed in the background (a coordinator Service that does not resolve yet must not
+//! crash-loop the gateway, and a headless Service's pod IPs change), active health checks
+//! against each coordinator's `GET /v1/health`, passive ejection after connection failures, and
+//! the `HttpPeer` settings (timeouts, pooling) every forwarded request uses.
 
 use crate::config::{Balancing, ConfigError, Coordinator, UpstreamConfig};
 use async_trait::async_trait;
 use once_cell::sync::OnceCell;
+use pingora::lb::discovery::ServiceDiscovery;
 use pingora::lb::health_check::HealthCheck;
 use pingora::lb::selection::consistent::KetamaHashing;
 use pingora::lb::selection::RoundRobin;
@@ -20,6 +23,13 @@ use std::time::{Duration, Instant};
 /// Index of a coordinator in the configured list.
 pub type CoordinatorId = usize;
 
+/// One address of one coordinator: what a single attempt is sent to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target {
+    pub id: CoordinatorId,
+    pub addr: SocketAddr,
+}
+
 enum Selector {
     RoundRobin(Arc<LoadBalancer<RoundRobin>>),
     Hash(Arc<LoadBalancer<KetamaHashing>>),
@@ -27,10 +37,9 @@ enum Selector {
 
 pub struct Upstreams {
     cfg: UpstreamConfig,
-    addrs: Vec<SocketAddr>,
     selector: Selector,
-    /// Coordinators that refused or dropped a connection recently, until when.
-    ejected: Mutex<HashMap<CoordinatorId, Instant>>,
+    /// Addresses that refused a connection recently, until when.
+    ejected: Mutex<HashMap<SocketAddr, Instant>>,
 }
 
 impl std::fmt::Debug for Upstreams {
@@ -51,36 +60,95 @@ pub struct Probe {
     pub error: Option<String>,
 }
 
-fn resolve(c: &Coordinator) -> Result<SocketAddr, ConfigError> {
-    (c.host.as_str(), c.port)
-        .to_socket_addrs()
-        .map_err(|e| {
-            ConfigError(format!(
-                "coordinator {}: cannot resolve host: {e}",
-                c.base_url
-            ))
-        })?
-        .next()
-        .ok_or_else(|| ConfigError(format!("coordinator {}: host has no address", c.base_url)))
+/// Resolves every coordinator's host name, keeping the last good answer of a name that fails
+/// to resolve now, so a DNS hiccup never empties the balancer.
+struct Dns {
+    coordinators: Vec<Coordinator>,
+    last_good: Mutex<HashMap<CoordinatorId, Vec<SocketAddr>>>,
+    /// Set after the blocking startup resolution, so the balancer's first (synchronous) update
+    /// uses it instead of resolving again.
+    use_startup_answer: std::sync::atomic::AtomicBool,
 }
 
-fn backends(cfg: &UpstreamConfig, addrs: &[SocketAddr]) -> Backends {
-    let set: BTreeSet<Backend> = cfg
-        .coordinators
-        .iter()
-        .zip(addrs)
-        .enumerate()
-        .map(|(i, (c, addr))| {
-            let mut b = Backend {
-                addr: PingoraAddr::Inet(*addr),
-                weight: c.weight,
-                ext: Default::default(),
+const DNS_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl Dns {
+    fn backends(&self, resolved: &HashMap<CoordinatorId, Vec<SocketAddr>>) -> BTreeSet<Backend> {
+        let mut set = BTreeSet::new();
+        for (id, addrs) in resolved {
+            for addr in addrs {
+                let mut b = Backend {
+                    addr: PingoraAddr::Inet(*addr),
+                    weight: self.coordinators[*id].weight,
+                    ext: Default::default(),
+                };
+                b.ext.insert(*id);
+                set.insert(b);
+            }
+        }
+        set
+    }
+
+    fn remember(&self, id: CoordinatorId, found: std::io::Result<Vec<SocketAddr>>) {
+        let c = &self.coordinators[id];
+        let mut last = self.last_good.lock().unwrap_or_else(|p| p.into_inner());
+        match found {
+            Ok(addrs) if !addrs.is_empty() => {
+                if last.get(&id) != Some(&addrs) {
+                    log::info!("coordinator {} resolves to {:?}", c.base_url, addrs);
+                }
+                last.insert(id, addrs);
+            }
+            Ok(_) => log::warn!("coordinator {}: host has no address", c.base_url),
+            Err(e) => log::warn!("coordinator {}: cannot resolve host: {e}", c.base_url),
+        }
+    }
+
+    /// Blocking first resolution at startup, so the first requests need not wait for the
+    /// background refresh; failures are logged and retried there.
+    fn resolve_now(&self) {
+        for (id, c) in self.coordinators.iter().enumerate() {
+            let found = (c.host.as_str(), c.port)
+                .to_socket_addrs()
+                .map(|it| it.collect::<Vec<_>>());
+            self.remember(id, found);
+        }
+        self.use_startup_answer
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    fn current(&self) -> BTreeSet<Backend> {
+        let last = self
+            .last_good
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        self.backends(&last)
+    }
+}
+
+#[async_trait]
+impl ServiceDiscovery for Dns {
+    async fn discover(&self) -> pingora::Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
+        if self
+            .use_startup_answer
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
+        {
+            return Ok((self.current(), HashMap::new()));
+        }
+        for (id, c) in self.coordinators.iter().enumerate() {
+            let lookup = tokio::net::lookup_host((c.host.as_str(), c.port));
+            let found = match tokio::time::timeout(DNS_TIMEOUT, lookup).await {
+                Ok(r) => r.map(|it| it.collect::<Vec<_>>()),
+                Err(_) => Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "timed out",
+                )),
             };
-            b.ext.insert(i as CoordinatorId);
-            b
-        })
-        .collect();
-    Backends::new(pingora::lb::discovery::Static::new(set))
+            self.remember(id, found);
+        }
+        Ok((self.current(), HashMap::new()))
+    }
 }
 
 /// One shared HTTP client for gateway-originated calls to coordinators (health probes, large
@@ -168,23 +236,34 @@ fn sanitize_check(v: &Value) -> Option<Value> {
     Some(Value::Object(out))
 }
 
-/// Active health check: a coordinator is healthy when `/v1/health` answers 2xx with a status
-/// other than `down`.
+/// Active health check of one coordinator address: healthy when `/v1/health` answers 2xx with
+/// a status other than `down`. Plain-HTTP coordinators are probed at the exact address (each
+/// pod of a headless Service separately); HTTPS ones by name, for certificate verification.
 struct CoordinatorHealthCheck {
-    urls: HashMap<SocketAddr, String>,
+    coordinators: Vec<Coordinator>,
     timeout: Duration,
     failures: usize,
     successes: usize,
 }
 
+impl CoordinatorHealthCheck {
+    fn url_for(&self, target: &Backend) -> Option<String> {
+        let id = *target.ext.get::<CoordinatorId>()?;
+        let c = self.coordinators.get(id)?;
+        match target.addr.as_inet() {
+            Some(addr) if !c.tls => Some(format!("http://{addr}")),
+            _ => Some(c.base_url.clone()),
+        }
+    }
+}
+
 #[async_trait]
 impl HealthCheck for CoordinatorHealthCheck {
     async fn check(&self, target: &Backend) -> pingora::Result<()> {
-        let addr = target.addr.as_inet().copied();
-        let url = addr.and_then(|a| self.urls.get(&a)).ok_or_else(|| {
+        let url = self.url_for(target).ok_or_else(|| {
             pingora::Error::explain(pingora::ErrorType::InternalError, "unknown coordinator")
         })?;
-        let p = probe(url, self.timeout).await;
+        let p = probe(&url, self.timeout).await;
         if p.reachable && p.error.is_none() && p.status.as_deref() != Some("down") {
             Ok(())
         } else {
@@ -197,16 +276,21 @@ impl HealthCheck for CoordinatorHealthCheck {
     }
 
     async fn health_status_change(&self, target: &Backend, healthy: bool) {
-        let url = target
+        let name = target
+            .ext
+            .get::<CoordinatorId>()
+            .and_then(|id| self.coordinators.get(*id))
+            .map(|c| c.base_url.as_str())
+            .unwrap_or("?");
+        let addr = target
             .addr
             .as_inet()
-            .and_then(|a| self.urls.get(a))
-            .map(String::as_str)
-            .unwrap_or("?");
+            .map(|a| a.to_string())
+            .unwrap_or_default();
         if healthy {
-            log::info!("coordinator {url} is healthy again");
+            log::info!("coordinator {name} ({addr}) is healthy again");
         } else {
-            log::warn!("coordinator {url} failed its health checks: ejected");
+            log::warn!("coordinator {name} ({addr}) failed its health checks: ejected");
         }
     }
 
@@ -220,45 +304,40 @@ impl HealthCheck for CoordinatorHealthCheck {
 }
 
 impl Upstreams {
-    /// Resolves every coordinator and builds the balancer. Host names are resolved once, here.
+    /// Builds the balancer. Host names are resolved now and again every
+    /// `dns_refresh` in the background; one that does not resolve yet is not an error.
     pub fn new(cfg: &UpstreamConfig) -> Result<Upstreams, ConfigError> {
-        let addrs = cfg
-            .coordinators
-            .iter()
-            .map(resolve)
-            .collect::<Result<Vec<_>, _>>()?;
+        let dns = || Dns {
+            coordinators: cfg.coordinators.clone(),
+            last_good: Mutex::new(HashMap::new()),
+            use_startup_answer: Default::default(),
+        };
         let hc = || {
             Box::new(CoordinatorHealthCheck {
-                urls: cfg
-                    .coordinators
-                    .iter()
-                    .zip(&addrs)
-                    .map(|(c, a)| (*a, c.base_url.clone()))
-                    .collect(),
+                coordinators: cfg.coordinators.clone(),
                 timeout: cfg.health_timeout,
                 failures: cfg.failures_to_eject,
                 successes: cfg.successes_to_restore,
             })
         };
+        macro_rules! balancer {
+            ($algo:ty, $variant:ident) => {{
+                let d = dns();
+                d.resolve_now();
+                let mut lb = LoadBalancer::<$algo>::from_backends(Backends::new(Box::new(d)));
+                lb.set_health_check(hc());
+                lb.health_check_frequency = Some(cfg.health_interval);
+                lb.update_frequency = Some(cfg.dns_refresh);
+                lb.parallel_health_check = true;
+                Selector::$variant(Arc::new(lb))
+            }};
+        }
         let selector = match cfg.balancing {
-            Balancing::RoundRobin => {
-                let mut lb = LoadBalancer::<RoundRobin>::from_backends(backends(cfg, &addrs));
-                lb.set_health_check(hc());
-                lb.health_check_frequency = Some(cfg.health_interval);
-                lb.parallel_health_check = true;
-                Selector::RoundRobin(Arc::new(lb))
-            }
-            Balancing::ConsistentHash => {
-                let mut lb = LoadBalancer::<KetamaHashing>::from_backends(backends(cfg, &addrs));
-                lb.set_health_check(hc());
-                lb.health_check_frequency = Some(cfg.health_interval);
-                lb.parallel_health_check = true;
-                Selector::Hash(Arc::new(lb))
-            }
+            Balancing::RoundRobin => balancer!(RoundRobin, RoundRobin),
+            Balancing::ConsistentHash => balancer!(KetamaHashing, Hash),
         };
         let up = Upstreams {
             cfg: cfg.clone(),
-            addrs,
             selector,
             ejected: Mutex::new(HashMap::new()),
         };
@@ -300,52 +379,68 @@ impl Upstreams {
         }
     }
 
-    fn is_ejected(&self, id: CoordinatorId) -> bool {
+    fn is_ejected(&self, addr: &SocketAddr) -> bool {
         let mut map = self.ejected.lock().unwrap_or_else(|p| p.into_inner());
-        match map.get(&id) {
+        match map.get(addr) {
             Some(until) if *until > Instant::now() => true,
             Some(_) => {
-                map.remove(&id);
+                map.remove(addr);
                 false
             }
             None => false,
         }
     }
 
-    /// Passive ejection: a coordinator that refused a connection is skipped until the next
+    /// Passive ejection: an address that refused a connection is skipped until the next
     /// health-check window could have noticed it.
-    pub fn eject(&self, id: CoordinatorId) {
+    pub fn eject(&self, target: Target) {
         let until = Instant::now() + self.cfg.health_interval * self.cfg.failures_to_eject as u32;
         let mut map = self.ejected.lock().unwrap_or_else(|p| p.into_inner());
-        map.insert(id, until);
+        map.insert(target.addr, until);
     }
 
-    /// Whether the active health checks currently count the coordinator as up.
+    fn backends(&self) -> Arc<BTreeSet<Backend>> {
+        match &self.selector {
+            Selector::RoundRobin(lb) => lb.backends().get_backend(),
+            Selector::Hash(lb) => lb.backends().get_backend(),
+        }
+    }
+
+    fn ready(&self, b: &Backend) -> bool {
+        match &self.selector {
+            Selector::RoundRobin(lb) => lb.backends().ready(b),
+            Selector::Hash(lb) => lb.backends().ready(b),
+        }
+    }
+
+    /// Whether any address of the coordinator is counted up by the health checks.
     pub fn is_healthy(&self, id: CoordinatorId) -> bool {
-        let Some(addr) = self.addrs.get(id) else {
-            return false;
-        };
-        let b = Backend {
-            addr: PingoraAddr::Inet(*addr),
-            weight: self.cfg.coordinators[id].weight,
-            ext: Default::default(),
-        };
-        let ready = match &self.selector {
-            Selector::RoundRobin(lb) => lb.backends().ready(&b),
-            Selector::Hash(lb) => lb.backends().ready(&b),
-        };
-        ready && !self.is_ejected(id)
+        self.backends().iter().any(|b| {
+            b.ext.get::<CoordinatorId>() == Some(&id)
+                && self.ready(b)
+                && b.addr.as_inet().is_some_and(|a| !self.is_ejected(a))
+        })
     }
 
-    /// Picks a coordinator not yet tried for this request: healthy first; when none is, any
+    /// Whether every known address has been tried for this request.
+    pub fn all_tried(&self, tried: &[Target]) -> bool {
+        tried.len() >= self.backends().len()
+    }
+
+    /// Picks an address not yet tried for this request: healthy first; when none is, any
     /// untried one (health state may lag behind a recovery, and trying beats failing outright).
-    pub fn select(&self, key: &[u8], tried: &[CoordinatorId]) -> Option<CoordinatorId> {
-        let n = self.cfg.coordinators.len();
-        let id_of = |b: &Backend| b.ext.get::<CoordinatorId>().copied();
+    pub fn select(&self, key: &[u8], tried: &[Target]) -> Option<Target> {
+        let n = self.backends().len().max(1);
+        let target_of = |b: &Backend| {
+            Some(Target {
+                id: *b.ext.get::<CoordinatorId>()?,
+                addr: *b.addr.as_inet()?,
+            })
+        };
         let pick = |want_healthy: bool| {
             let accept = |b: &Backend, healthy: bool| {
-                id_of(b).is_some_and(|id| {
-                    !tried.contains(&id) && (!want_healthy || (healthy && !self.is_ejected(id)))
+                target_of(b).is_some_and(|t| {
+                    !tried.contains(&t) && (!want_healthy || (healthy && !self.is_ejected(&t.addr)))
                 })
             };
             match &self.selector {
@@ -353,15 +448,18 @@ impl Upstreams {
                 Selector::Hash(lb) => lb.select_with(key, n * 4, accept),
             }
         };
-        pick(true).or_else(|| pick(false)).as_ref().and_then(id_of)
+        pick(true)
+            .or_else(|| pick(false))
+            .as_ref()
+            .and_then(target_of)
     }
 
     /// The peer for one attempt. `streaming` selects the per-read idle timeout of event streams
     /// instead of the time-to-first-byte budget of ordinary calls.
-    pub fn peer(&self, id: CoordinatorId, streaming: bool) -> Box<HttpPeer> {
-        let c = &self.cfg.coordinators[id];
+    pub fn peer(&self, target: Target, streaming: bool) -> Box<HttpPeer> {
+        let c = &self.cfg.coordinators[target.id];
         let sni = if c.tls { c.host.clone() } else { String::new() };
-        let mut peer = Box::new(HttpPeer::new(self.addrs[id], c.tls, sni));
+        let mut peer = Box::new(HttpPeer::new(target.addr, c.tls, sni));
         let o = &mut peer.options;
         o.connection_timeout = Some(self.cfg.connect_timeout);
         o.total_connection_timeout = Some(self.cfg.connect_timeout * 2);

@@ -300,3 +300,48 @@ async fn the_env_list_configures_several_coordinators() {
     }
     assert!(cs.iter().all(|c| !forwarded(c).is_empty()));
 }
+
+#[tokio::test]
+async fn an_unresolvable_coordinator_name_is_not_fatal() {
+    let good = TestCoordinator::start();
+    let list = format!("http://coordinator.invalid:8081,{}", good.url());
+    let gw = Gateway::start(
+        &[
+            ("JARVIS_RUN_COORDINATOR_URL", &list),
+            ("ARP_AUTH_PROFILE", "dev-insecure"),
+        ],
+        &[],
+    );
+    for i in 0..6 {
+        assert_eq!(
+            get(&gw, &format!("/v1/runs/r{i}")).await,
+            200,
+            "served by the one that resolves"
+        );
+    }
+    let v = health(&gw).await;
+    assert_eq!(v["status"], "degraded", "{v}");
+
+    let alone = Gateway::start(
+        &[
+            (
+                "JARVIS_RUN_COORDINATOR_URL",
+                "http://coordinator.invalid:8081",
+            ),
+            ("ARP_AUTH_PROFILE", "dev-insecure"),
+        ],
+        &[],
+    );
+    let r = http_client()
+        .get(format!("{}/v1/runs/r1", alone.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        503,
+        "no address yet: a clear envelope, not a crash"
+    );
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "run_coordinator_unavailable");
+}

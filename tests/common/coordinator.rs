@@ -117,6 +117,9 @@ impl TestCoordinator {
         let listener =
             StdTcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind test coordinator");
         let port = listener.local_addr().expect("local_addr").port();
+        // No gateway of this test binary may be given this port while the coordinator is
+        // stopped.
+        super::gateway::reserve_port(port);
         let shared = Arc::new(Shared::default());
         let serving = serve(listener, shared.clone());
         TestCoordinator {

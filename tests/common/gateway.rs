@@ -13,19 +13,40 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_arp-jarvis-rungateway");
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(20);
 
-/// A port that was free a moment ago. The listener is dropped before the caller binds it, so
-/// another process could take it in between; `Gateway::start` retries once for that case.
+/// A port that was free a moment ago and that no other test in this process was given. The
+/// listener is dropped before the caller binds it, so another process could take it in
+/// between; `Gateway::start` retries once for that case. Within one test binary the ports are
+/// never handed out twice: the gateway's listeners use SO_REUSEPORT, so two gateways given the
+/// same port would both bind it and share its connections instead of failing.
 pub fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .expect("bind an ephemeral port")
-        .port()
+    loop {
+        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .and_then(|l| l.local_addr())
+            .expect("bind an ephemeral port")
+            .port();
+        if reserve_port(port) {
+            return port;
+        }
+    }
+}
+
+static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+
+/// Records a port as taken by a test server; `false` if it already was.
+pub fn reserve_port(port: u16) -> bool {
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    if given.contains(&port) {
+        return false;
+    }
+    given.push(port);
+    true
 }
 
 /// A private, empty working directory per child (log file included).
