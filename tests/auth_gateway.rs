@@ -30,14 +30,6 @@ fn start(env: &[(String, String)]) -> Gateway {
     Gateway::start(&pairs, &[])
 }
 
-fn forwarded(coord: &TestCoordinator) -> Vec<Recorded> {
-    coord
-        .requests()
-        .into_iter()
-        .filter(|r| r.path != "/v1/health")
-        .collect()
-}
-
 fn claims_of(jwt: &str) -> Value {
     let payload = jwt.split('.').nth(1).expect("a JWT");
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).expect("base64url"))
@@ -65,7 +57,7 @@ async fn valid_tokens_pass_and_the_coordinator_sees_only_the_exchanged_token() {
         let inbound = idp.mint(alg, json!({}), None);
         let (status, _, v) = get_run(&gw, Some(&inbound)).await;
         assert_eq!(status, 200, "{alg:?}: {v}");
-        let got = forwarded(&coord).last().cloned().unwrap();
+        let got = coord.forwarded().last().cloned().unwrap();
         let authz = got.header("authorization").expect("an upstream token");
         let upstream = authz.strip_prefix("Bearer ").expect("bearer");
         assert_ne!(
@@ -234,7 +226,7 @@ async fn every_bad_credential_gets_a_precise_401() {
         );
     }
     assert!(
-        forwarded(&coord).is_empty(),
+        coord.forwarded().is_empty(),
         "no rejected request reaches the coordinator"
     );
     // Exempt paths need no token.
@@ -349,7 +341,8 @@ async fn sts_failures_are_clear_and_recover() {
     let (status, _, v) = get_run(&gw, Some(&t2)).await;
     assert!(status == 502 || status == 503, "{status}: {v}");
     assert_eq!(v["error"]["retryable"], true);
-    assert!(forwarded(&coord)
+    assert!(coord
+        .forwarded()
         .iter()
         .all(|r| r.header("authorization").is_some()));
 }
@@ -365,7 +358,7 @@ async fn optional_mode_without_token_uses_client_credentials() {
     assert_eq!(req.get("grant_type"), Some("client_credentials"));
     assert_eq!(req.get("audience"), Some(idp::COORDINATOR_AUDIENCE));
     assert!(req.get("subject_token").is_none());
-    let got = forwarded(&coord).last().cloned().unwrap();
+    let got = coord.forwarded().last().cloned().unwrap();
     let upstream = got
         .header("authorization")
         .unwrap()
@@ -397,7 +390,7 @@ async fn disabled_mode_needs_no_sts() {
     let (status, _, _) = get_run(&gw, Some("whatever")).await;
     assert_eq!(status, 200);
     assert_eq!(
-        forwarded(&coord).last().unwrap().header("authorization"),
+        coord.forwarded().last().unwrap().header("authorization"),
         None
     );
     assert_eq!(
@@ -458,7 +451,8 @@ async fn no_token_or_secret_ever_reaches_the_log() {
     let other = idp.mint(Alg::RS256, json!({}), None);
     let _ = get_run(&gw, Some(&other)).await;
     idp.set_token_fail(None);
-    let exchanged: Vec<String> = forwarded(&coord)
+    let exchanged: Vec<String> = coord
+        .forwarded()
         .iter()
         .filter_map(|r| {
             r.header("authorization")
@@ -501,7 +495,7 @@ async fn a_coordinator_401_drops_the_cached_token_and_retries_gets_once() {
     let (status, _, v) = get_run(&gw, Some(&token)).await;
     assert_eq!(status, 401);
     assert_eq!(v, refusal, "the second 401 goes to the client as is");
-    assert_eq!(forwarded(&coord).len(), 2, "retried exactly once");
+    assert_eq!(coord.forwarded().len(), 2, "retried exactly once");
     assert_eq!(
         idp.token_calls(),
         calls + 1,
@@ -517,7 +511,7 @@ async fn a_coordinator_401_drops_the_cached_token_and_retries_gets_once() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
-    assert_eq!(forwarded(&coord).len(), 1);
+    assert_eq!(coord.forwarded().len(), 1);
     coord.set_fail(None);
     let before = idp.token_calls();
     assert_eq!(get_run(&gw, Some(&token)).await.0, 200);

@@ -14,36 +14,11 @@ fn dev_env(coord: &TestCoordinator) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// What reached the coordinator apart from the gateway's own health checks.
-fn forwarded(coord: &TestCoordinator) -> Vec<Recorded> {
-    coord
-        .requests()
-        .into_iter()
-        .filter(|r| r.path != "/v1/health")
-        .collect()
-}
-
 fn start(coord: &TestCoordinator, extra_env: &[(&str, &str)], args: &[&str]) -> Gateway {
     let base = dev_env(coord);
     let mut env: Vec<(&str, &str)> = base.iter().map(|(k, v)| (*k, v.as_str())).collect();
     env.extend_from_slice(extra_env);
     Gateway::start(&env, args)
-}
-
-fn write_config(gw_dir: &std::path::Path, name: &str, yaml: &str) -> String {
-    let p = gw_dir.join(name);
-    std::fs::write(&p, yaml).unwrap();
-    p.to_string_lossy().into_owned()
-}
-
-fn temp_config(yaml: &str) -> String {
-    let dir = std::env::temp_dir().join(format!(
-        "rungateway-core-{}-{}",
-        std::process::id(),
-        uuid::Uuid::new_v4()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    write_config(&dir, "gateway.yaml", yaml)
 }
 
 async fn json_of(resp: reqwest::Response) -> (u16, reqwest::header::HeaderMap, Value) {
@@ -148,7 +123,7 @@ async fn yaml_file_configures_the_coordinator_and_env_wins() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(forwarded(&from_file).len(), 1);
+    assert_eq!(from_file.forwarded().len(), 1);
 
     let gw2 = Gateway::start(
         &[("JARVIS_RUN_COORDINATOR_URL", &from_env.url())],
@@ -160,8 +135,8 @@ async fn yaml_file_configures_the_coordinator_and_env_wins() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(forwarded(&from_env).len(), 1, "env var wins over the file");
-    assert_eq!(forwarded(&from_file).len(), 1);
+    assert_eq!(from_env.forwarded().len(), 1, "env var wins over the file");
+    assert_eq!(from_file.forwarded().len(), 1);
 }
 
 #[test]
@@ -223,7 +198,7 @@ async fn the_four_run_operations_are_forwarded_unchanged() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let got = forwarded(&coord).last().cloned().unwrap();
+    let got = coord.forwarded().last().cloned().unwrap();
     assert_eq!(got.method, "POST");
     assert_eq!(got.path, "/v1/runs?trace=1&x=%20y");
     assert_eq!(&got.body[..], VALID_RUN.as_bytes(), "byte for byte");
@@ -241,7 +216,7 @@ async fn the_four_run_operations_are_forwarded_unchanged() {
             .unwrap();
         assert_eq!(r.status(), 200, "{method} {path}");
         let _ = r.bytes().await.unwrap();
-        let got = forwarded(&coord).last().cloned().unwrap();
+        let got = coord.forwarded().last().cloned().unwrap();
         assert_eq!((got.method.as_str(), got.path.as_str()), (method, path));
     }
 }
@@ -276,9 +251,9 @@ async fn unknown_paths_and_methods_get_envelopes_and_are_never_forwarded() {
         }
     }
     assert!(
-        forwarded(&coord).is_empty(),
+        coord.forwarded().is_empty(),
         "nothing forwarded: {:?}",
-        forwarded(&coord)
+        coord.forwarded()
     );
 }
 
@@ -301,7 +276,7 @@ fn encoded_slashes_and_dot_segments_never_reach_another_path() {
         let status = raw_status(&resp);
         assert!(status == 404 || status == 400, "{target}: {status}");
     }
-    assert!(forwarded(&coord).is_empty(), "{:?}", forwarded(&coord));
+    assert!(coord.forwarded().is_empty(), "{:?}", coord.forwarded());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -337,7 +312,7 @@ async fn invalid_or_malformed_bodies_get_400_and_are_not_forwarded() {
         let errors = v["error"]["details"]["errors"].as_array().expect("details.errors");
         assert!(!errors.is_empty(), "{body:?}");
     }
-    assert!(forwarded(&coord).is_empty());
+    assert!(coord.forwarded().is_empty());
 }
 
 #[tokio::test]
@@ -373,7 +348,7 @@ async fn oversized_body_gets_413_and_limit_is_configurable() {
         .await
         .unwrap();
     assert_eq!(raw_status(&resp), 413);
-    assert!(forwarded(&coord).is_empty());
+    assert!(coord.forwarded().is_empty());
 }
 
 #[tokio::test]
@@ -399,7 +374,7 @@ async fn valid_bodies_above_64_kib_are_forwarded_byte_for_byte() {
         let v: Value = r.json().await.unwrap();
         assert_eq!(status, 200, "{size}: {v}");
         assert_eq!(v["state"], "running");
-        let reqs = forwarded(&coord);
+        let reqs = coord.forwarded();
         assert_eq!(reqs.len(), 1, "exactly once ({size})");
         assert_eq!(reqs[0].body.len(), body.len(), "{size}");
         assert!(
@@ -434,7 +409,7 @@ async fn forwarding_headers_request_id_and_no_client_authorization() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-request-id"], "req-123");
-    let got = forwarded(&coord).last().cloned().unwrap();
+    let got = coord.forwarded().last().cloned().unwrap();
     assert_eq!(got.header("authorization"), None);
     assert_eq!(got.header("x-hop"), None);
     assert_eq!(got.header("proxy-authorization"), None);
@@ -452,7 +427,8 @@ async fn forwarding_headers_request_id_and_no_client_authorization() {
     let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
     assert!(id.len() >= 16);
     assert_eq!(
-        forwarded(&coord)
+        coord
+            .forwarded()
             .last()
             .cloned()
             .unwrap()

@@ -8,14 +8,7 @@ use serde_json::Value;
 use std::time::{Duration, Instant};
 
 fn start(coord: &TestCoordinator, yaml: &str) -> Gateway {
-    let dir = std::env::temp_dir().join(format!("rungateway-limits-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("gateway.yaml");
-    std::fs::write(&path, format!("auth:\n  profile: dev-insecure\n{yaml}")).unwrap();
-    Gateway::start(
-        &[("JARVIS_RUN_COORDINATOR_URL", &coord.url())],
-        &["--config", path.to_str().unwrap()],
-    )
+    start_dev_gateway(&coord.url(), yaml)
 }
 
 #[tokio::test]

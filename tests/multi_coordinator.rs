@@ -7,13 +7,6 @@ use common::*;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
-fn forwarded(c: &TestCoordinator) -> Vec<Recorded> {
-    c.requests()
-        .into_iter()
-        .filter(|r| r.path != "/v1/health")
-        .collect()
-}
-
 fn three() -> [TestCoordinator; 3] {
     [
         TestCoordinator::start(),
@@ -47,11 +40,7 @@ fn start_with_admin(coords: &[TestCoordinator], extra_yaml: &str, admin: u16) ->
     for c in coords {
         yaml.push_str(&format!("  - url: {}\n", c.url()));
     }
-    let dir = std::env::temp_dir().join(format!("rungateway-multi-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("gateway.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    Gateway::start(&[], &["--config", path.to_str().unwrap()])
+    Gateway::start(&[], &["--config", &temp_config(&yaml)])
 }
 
 async fn get(gw: &Gateway, path: &str) -> u16 {
@@ -81,7 +70,7 @@ async fn requests_are_spread_over_all_coordinators() {
     for i in 0..30 {
         assert_eq!(get(&gw, &format!("/v1/runs/r{i}")).await, 200);
     }
-    let counts: Vec<usize> = cs.iter().map(|c| forwarded(c).len()).collect();
+    let counts: Vec<usize> = cs.iter().map(|c| c.forwarded().len()).collect();
     assert_eq!(counts.iter().sum::<usize>(), 30);
     for n in &counts {
         assert!(*n >= 5, "round robin spreads evenly: {counts:?}");
@@ -120,12 +109,12 @@ async fn a_stopped_coordinator_costs_no_request_and_rejoins() {
     assert!(ejected, "health checks ejected it");
     assert!(stopped.elapsed() < Duration::from_secs(3));
     let t = Instant::now();
-    let before = forwarded(&cs[0]).len() + forwarded(&cs[2]).len();
+    let before = cs[0].forwarded().len() + cs[2].forwarded().len();
     for i in 0..30 {
         assert_eq!(get(&gw, &format!("/v1/runs/x{i}")).await, 200);
     }
     assert_eq!(
-        forwarded(&cs[0]).len() + forwarded(&cs[2]).len(),
+        cs[0].forwarded().len() + cs[2].forwarded().len(),
         before + 30
     );
     assert!(t.elapsed() < Duration::from_secs(5));
@@ -143,7 +132,7 @@ async fn a_stopped_coordinator_costs_no_request_and_rejoins() {
     let mut rejoined = false;
     for i in 0..200 {
         assert_eq!(get(&gw, &format!("/v1/runs/y{i}")).await, 200);
-        if !forwarded(&cs[1]).is_empty() {
+        if !cs[1].forwarded().is_empty() {
             rejoined = true;
             break;
         }
@@ -170,7 +159,7 @@ async fn a_post_whose_coordinator_dies_mid_request_is_not_replayed() {
             .map(|r| r.status().as_u16())
             .unwrap_or(0)
     });
-    let got = |c: &TestCoordinator| forwarded(c).iter().filter(|r| r.method == "POST").count();
+    let got = |c: &TestCoordinator| c.forwarded().iter().filter(|r| r.method == "POST").count();
     assert!(
         wait_until_async(Duration::from_secs(5), || cs.iter().map(got).sum::<usize>()
             == 1)
@@ -208,12 +197,12 @@ async fn an_idempotent_get_cut_before_its_answer_is_retried_elsewhere() {
     assert!(
         wait_until_async(Duration::from_secs(5), || cs
             .iter()
-            .map(|c| forwarded(c).len())
+            .map(|c| c.forwarded().len())
             .sum::<usize>()
             == 1)
         .await
     );
-    let victim = cs.iter().position(|c| forwarded(c).len() == 1).unwrap();
+    let victim = cs.iter().position(|c| c.forwarded().len() == 1).unwrap();
     cs[victim].stop();
     assert_eq!(
         get_task.await.unwrap(),
@@ -274,7 +263,7 @@ async fn consistent_hash_keeps_a_run_on_one_coordinator() {
             .await
             .unwrap();
         let _ = r.bytes().await.unwrap();
-        let hit: Vec<usize> = cs.iter().map(|c| forwarded(c).len()).collect();
+        let hit: Vec<usize> = cs.iter().map(|c| c.forwarded().len()).collect();
         assert_eq!(hit.iter().filter(|n| **n > 0).count(), 1, "{id}: {hit:?}");
         assert_eq!(hit.iter().sum::<usize>(), 3);
     }
@@ -298,7 +287,7 @@ async fn the_env_list_configures_several_coordinators() {
     for i in 0..9 {
         assert_eq!(get(&gw, &format!("/v1/runs/r{i}")).await, 200);
     }
-    assert!(cs.iter().all(|c| !forwarded(c).is_empty()));
+    assert!(cs.iter().all(|c| !c.forwarded().is_empty()));
 }
 
 #[tokio::test]

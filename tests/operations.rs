@@ -8,17 +8,13 @@ use serde_json::Value;
 use std::time::Duration;
 
 fn start(coord: &TestCoordinator, access_log: &str) -> Gateway {
-    let dir = std::env::temp_dir().join(format!("rungateway-ops-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("gateway.yaml");
-    std::fs::write(
-        &path,
-        format!("auth:\n  profile: dev-insecure\nlogging:\n  access_log: {access_log}\n"),
-    )
-    .unwrap();
-    Gateway::start(
-        &[("JARVIS_RUN_COORDINATOR_URL", &coord.url())],
-        &["--config", path.to_str().unwrap()],
+    start_dev_gateway(
+        &coord.url(),
+        &format!(
+            "logging:
+  access_log: {access_log}
+"
+        ),
     )
 }
 

@@ -147,6 +147,14 @@ impl TestCoordinator {
         lock(&self.shared.requests).clone()
     }
 
+    /// What reached the coordinator apart from the gateway's own health checks.
+    pub fn forwarded(&self) -> Vec<Recorded> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.path != "/v1/health")
+            .collect()
+    }
+
     pub fn last_request(&self) -> Option<Recorded> {
         lock(&self.shared.requests).last().cloned()
     }

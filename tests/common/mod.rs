@@ -149,3 +149,23 @@ pub async fn wait_until_async(timeout: Duration, mut condition: impl FnMut() -> 
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Writes `yaml` to a fresh temporary file and returns its absolute path (gateways run in
+/// their own working directory, so configuration paths must be absolute).
+pub fn temp_config(yaml: &str) -> String {
+    let dir = std::env::temp_dir().join(format!("rungateway-conf-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).expect("create config dir");
+    let path = dir.join("gateway.yaml");
+    std::fs::write(&path, yaml).expect("write config");
+    path.to_string_lossy().into_owned()
+}
+
+/// A dev-insecure gateway in front of `coordinator_url`, with `extra_yaml` appended to its
+/// configuration file.
+pub fn start_dev_gateway(coordinator_url: &str, extra_yaml: &str) -> Gateway {
+    let cfg = temp_config(&format!("auth:\n  profile: dev-insecure\n{extra_yaml}"));
+    Gateway::start(
+        &[("JARVIS_RUN_COORDINATOR_URL", coordinator_url)],
+        &["--config", &cfg],
+    )
+}
