@@ -580,13 +580,14 @@ impl Config {
         let (mut mode, mut issuer) = (AuthMode::Required, None::<String>);
         let mut audience_required = false;
         if let Some((profile, origin)) = &profile_src {
-            match profile.to_ascii_lowercase().as_str() {
-                "dev-insecure" => mode = AuthMode::Disabled,
-                "dev-secure-keycloak" => {
+            // The same names and aliases the Python gateway accepts.
+            match profile.to_ascii_lowercase().replace('_', "-").as_str() {
+                "dev-insecure" | "dev" => mode = AuthMode::Disabled,
+                "dev-secure-keycloak" | "dev-secure" | "keycloak" => {
                     issuer = Some(DEV_KEYCLOAK_ISSUER.to_string());
                     audience_required = true;
                 }
-                "enterprise" => {}
+                "enterprise" | "prod" | "production" => {}
                 other => {
                     return err(format!(
                         "{origin}: unknown profile {other:?} (dev-insecure, dev-secure-keycloak or enterprise)"
@@ -636,12 +637,12 @@ impl Config {
             .or(f.clock_skew_seconds)
             .unwrap_or(60);
 
-        let exempt_paths = if let Some(p) = env.get("ARP_AUTH_EXEMPT_PATHS") {
-            split_list(p)
-        } else {
-            f.exempt_paths
-                .unwrap_or_else(|| vec!["/v1/health".to_string(), "/v1/version".to_string()])
-        };
+        // An empty list falls back to the defaults, as in the Python gateway.
+        let exempt_paths = non_empty(env.get("ARP_AUTH_EXEMPT_PATHS"))
+            .map(|p| split_list(&p))
+            .or(f.exempt_paths)
+            .filter(|l| !l.is_empty())
+            .unwrap_or_else(|| vec!["/v1/health".to_string(), "/v1/version".to_string()]);
 
         let token_endpoint = non_empty(env.get("ARP_AUTH_TOKEN_ENDPOINT"))
             .or(non_empty(f.token_endpoint.as_ref()))
@@ -795,6 +796,12 @@ mod tests {
         let base = ("JARVIS_RUN_COORDINATOR_URL", "http://a:1");
         let c = load("", &[base, ("ARP_AUTH_PROFILE", "dev-insecure")]).unwrap();
         assert_eq!(c.auth.mode, AuthMode::Disabled);
+        let c = load("", &[base, ("ARP_AUTH_PROFILE", "Dev_Insecure")]).unwrap();
+        assert_eq!(c.auth.mode, AuthMode::Disabled);
+        let c = load("", &[base, ("ARP_AUTH_PROFILE", "production")]).unwrap();
+        assert_eq!(c.auth.mode, AuthMode::Required);
+        let c = load("", &[base, ("ARP_AUTH_EXEMPT_PATHS", " ")]).unwrap();
+        assert_eq!(c.auth.exempt_paths, ["/v1/health", "/v1/version"]);
         for (k, v) in [
             ("ARP_AUTH_PROFILE", "bogus"),
             ("ARP_AUTH_MODE", "sometimes"),
