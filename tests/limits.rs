@@ -72,7 +72,10 @@ async fn requests_beyond_the_concurrency_limit_are_refused_quickly() {
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "overloaded");
     assert_eq!(v["error"]["retryable"], true);
-    assert!(t.elapsed() < Duration::from_millis(500), "refused at once");
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "refused at once, not after the streams (10 s)"
+    );
     drop(held);
     let mut ok = false;
     for _ in 0..50 {
