@@ -53,9 +53,16 @@ struct Args {
     /// Milliseconds between events
     #[arg(long, default_value_t = 100)]
     interval_ms: u64,
-    /// Rows to run, comma-separated (1,2,3,4,5,6,6b)
-    #[arg(long, default_value = "1,2,3,4,5,6,6b")]
+    /// Rows to run, comma-separated (1,2,2p,3,4,5,6,6b)
+    #[arg(long, default_value = "1,2,2p,3,4,5,6,6b")]
     rows: String,
+    /// What the streams test goes through: "ours" (row 4's configuration) or "pingora" (the
+    /// bare Pingora proxy, to tell Pingora's own cost from ours)
+    #[arg(long, default_value = "ours")]
+    streams_via: String,
+    /// Listener read buffer of the bare Pingora proxy, bytes (default: Pingora's 64 KiB)
+    #[arg(long)]
+    pingora_read_buffer: Option<usize>,
     /// Skip the fixed-rate latency test
     #[arg(long)]
     no_rate: bool,
@@ -81,6 +88,9 @@ struct Args {
     gateway_bin: PathBuf,
     #[arg(long)]
     mock_bin: PathBuf,
+    /// The bare Pingora proxy (example pingora-baseline); its row is marked when missing
+    #[arg(long)]
+    pingora_bin: Option<PathBuf>,
     #[arg(long, default_value = "wrk")]
     wrk: String,
     #[arg(long, default_value = "nginx")]
@@ -97,6 +107,9 @@ struct Args {
     /// Rewrite the results section of this README (full runs)
     #[arg(long)]
     readme: Option<PathBuf>,
+    /// Extra environment for our gateway, KEY=VALUE (diagnostics, e.g. allocator settings)
+    #[arg(long = "gateway-env")]
+    gateway_env: Vec<String>,
     /// The command line to record with the results
     #[arg(long, default_value = "bench/run")]
     command_line: String,
@@ -106,6 +119,7 @@ struct Args {
 enum Kind {
     Direct,
     Nginx,
+    Pingora,
     OursOff,
     OursJwt,
     OursCold,
@@ -128,7 +142,7 @@ struct RowDef {
     color: RGBColor,
 }
 
-const ROWS: [RowDef; 7] = [
+const ROWS: [RowDef; 8] = [
     RowDef {
         id: "1",
         name: "direct to the upstream (no proxy)",
@@ -142,6 +156,13 @@ const ROWS: [RowDef; 7] = [
         kind: Kind::Nginx,
         tokens: Tokens::None,
         color: RGBColor(46, 139, 87),
+    },
+    RowDef {
+        id: "2p",
+        name: "bare Pingora 0.9 proxy (reference)",
+        kind: Kind::Pingora,
+        tokens: Tokens::None,
+        color: RGBColor(200, 170, 120),
     },
     RowDef {
         id: "3",
@@ -192,6 +213,9 @@ struct Run {
     rss_mb: f64,
     server_core_pct: Option<f64>,
     load_core_pct: Option<f64>,
+    /// CPU of the load side (wrk, plus the mock unless it is the server) over the run, in % of
+    /// one core: near 100 means the load side, not the server, set the pace.
+    load_cpu_pct: f64,
     /// Mock counters over the run.
     upstream: BTreeMap<String, u64>,
 }
@@ -211,6 +235,8 @@ struct Ctx {
     args: Args,
     /// Described before this process pinned itself (`nproc` honours affinity).
     machine: String,
+    /// Every server process started (and the mock): `settle` waits until they are all idle.
+    servers: std::sync::Mutex<Vec<u32>>,
     quick: bool,
     dir: PathBuf,
     pin: Pinning,
@@ -345,6 +371,11 @@ impl Ctx {
             .arg("--port")
             .arg(port.to_string())
             .env("JARVIS_RUN_COORDINATOR_URL", self.mock_url());
+        for kv in &self.args.gateway_env {
+            if let Some((k, v)) = kv.split_once('=') {
+                cmd.env(k, v);
+            }
+        }
         if kind == Kind::OursOff {
             cmd.env("ARP_AUTH_PROFILE", "dev-insecure");
         } else {
@@ -352,6 +383,30 @@ impl Ctx {
         }
         let mut s = Server::spawn(name, cmd, self.dir.join(format!("{name}.log")))?;
         s.wait_ready(port, "/v1/version", &[], 200, Duration::from_secs(20))?;
+        Ok(s)
+    }
+
+    fn start_pingora(&self, port: u16) -> Result<Server, String> {
+        let bin = self
+            .args
+            .pingora_bin
+            .clone()
+            .filter(|b| b.is_file())
+            .ok_or("no pingora-baseline binary (--pingora-bin)")?;
+        let mut cmd = procs::command(&bin, self.pin.server);
+        clean_env(&mut cmd);
+        cmd.current_dir(&self.dir)
+            .arg("--upstream")
+            .arg(format!("127.0.0.1:{}", self.mock_port))
+            .arg("--port")
+            .arg(port.to_string())
+            .arg("--threads")
+            .arg(self.args.threads.to_string());
+        if let Some(rb) = self.args.pingora_read_buffer {
+            cmd.arg("--read-buffer").arg(rb.to_string());
+        }
+        let mut s = Server::spawn("pingora-baseline", cmd, self.dir.join("pingora.log"))?;
+        s.wait_ready(port, "/v1/health", &[], 200, Duration::from_secs(20))?;
         Ok(s)
     }
 
@@ -477,15 +532,14 @@ http {{
     /// Waits (up to 20 s) until the server core is idle: a slow server still works through
     /// the requests queued by the previous run after the load tool has stopped.
     fn settle(&self) {
-        let Some(core) = self.pin.server else {
-            std::thread::sleep(Duration::from_millis(500));
-            return;
-        };
+        let pids: Vec<u32> = self.servers.lock().map(|v| v.clone()).unwrap_or_default();
+        let busy = || pids.iter().map(|p| procs::cpu_seconds(*p)).sum::<f64>();
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while std::time::Instant::now() < deadline {
-            let a = core_times(core);
+            let a = busy();
             std::thread::sleep(Duration::from_millis(250));
-            if busy_pct(a, core_times(core)).is_some_and(|b| b < 10.0) {
+            // Under 5% of a core over 250 ms, all servers together.
+            if busy() - a < 0.0125 {
                 return;
             }
         }
@@ -506,10 +560,18 @@ http {{
         let url = format!("http://127.0.0.1:{}{REQUEST_PATH}", row.port);
         let s0 = mock_stats(self.mock_port);
         let cpu0 = procs::cpu_seconds(row.pid);
+        let mock0 = procs::cpu_seconds(self.mock_pid);
+        let wrk0 = procs::children_cpu_seconds();
         let c0 = self.pin.server.and_then(core_times);
         let l0 = self.pin.load.and_then(core_times);
         let result = wrk.run(&url, self.args.connections, duration, &headers, tokens);
         let cpu1 = procs::cpu_seconds(row.pid);
+        let wrk_cpu = procs::children_cpu_seconds() - wrk0;
+        let mock_cpu = if row.pid == self.mock_pid {
+            0.0
+        } else {
+            procs::cpu_seconds(self.mock_pid) - mock0
+        };
         let c1 = self.pin.server.and_then(core_times);
         let l1 = self.pin.load.and_then(core_times);
         let rss = procs::rss_mb(row.pid);
@@ -517,8 +579,11 @@ http {{
             procs::repin(row.pid, self.pin.load);
         }
         let s1 = mock_stats(self.mock_port);
+        let result = result?;
+        let secs = result.seconds.max(1e-3);
         Ok(Run {
-            load: result?,
+            load_cpu_pct: 100.0 * (wrk_cpu + mock_cpu) / secs,
+            load: result,
             cpu_s: cpu1 - cpu0,
             rss_mb: rss,
             server_core_pct: busy_pct(c0, c1),
@@ -531,10 +596,12 @@ http {{
 fn machine() -> String {
     let lscpu = sh("lscpu | head -15");
     format!(
-        "- `nproc`: {}\n- kernel: {}\n- memory: {}\n- `lscpu | head -15`:\n\n```\n{lscpu}\n```\n",
+        "- `nproc`: {}\n- kernel: {}\n- memory: {}\n- load average when the run started: {}\n\
+         - `lscpu | head -15`:\n\n```\n{lscpu}\n```\n",
         sh("nproc"),
         sh("uname -srm"),
         sh("free -g | awk '/^Mem:/ {print $2 \" GiB\"}'"),
+        sh("cut -d' ' -f1-3 /proc/loadavg"),
     )
 }
 
@@ -563,6 +630,7 @@ fn run(mut args: Args) -> Result<i32, String> {
     // Servers run in a scratch directory: every path given must survive that.
     args.gateway_bin = absolute(&args.gateway_bin);
     args.mock_bin = absolute(&args.mock_bin);
+    args.pingora_bin = args.pingora_bin.as_deref().map(absolute);
     args.python_gateway = args.python_gateway.as_deref().map(absolute);
     let quick = args.quick;
     let runs = args.runs.unwrap_or(if quick { 1 } else { 2 }).max(1);
@@ -623,6 +691,7 @@ fn run(mut args: Args) -> Result<i32, String> {
     std::fs::write(&pool_file, &pool).map_err(|e| e.to_string())?;
 
     let ctx = Ctx {
+        servers: std::sync::Mutex::new(vec![mock.pid()]),
         machine,
         quick,
         dir: dir.clone(),
@@ -647,6 +716,7 @@ fn run(mut args: Args) -> Result<i32, String> {
         let started = match def.kind {
             Kind::Direct => Ok(None),
             Kind::Nginx => ctx.start_nginx(port).map(Some),
+            Kind::Pingora => ctx.start_pingora(port).map(Some),
             Kind::OursOff => ctx.start_ours("ours-noauth", def.kind, port).map(Some),
             Kind::OursJwt => ctx.start_ours("ours-jwt", def.kind, port).map(Some),
             Kind::OursCold => ctx.start_ours("ours-cold", def.kind, port).map(Some),
@@ -665,6 +735,9 @@ fn run(mut args: Args) -> Result<i32, String> {
             Ok(server) => {
                 if let Some(s) = &server {
                     row.pid = s.pid();
+                    if let Ok(mut v) = ctx.servers.lock() {
+                        v.push(s.pid());
+                    }
                 }
                 row.server = server;
                 // One request by hand: the row must answer 200 before it is measured.
@@ -680,7 +753,10 @@ fn run(mut args: Args) -> Result<i32, String> {
                 }
             }
             Err(e) => {
-                let optional = matches!(def.kind, Kind::Nginx | Kind::PyJwt | Kind::PyDev);
+                let optional = matches!(
+                    def.kind,
+                    Kind::Nginx | Kind::Pingora | Kind::PyJwt | Kind::PyDev
+                );
                 if optional {
                     say(format!("row {} not run: {e}", def.id));
                     row.skipped = Some(e.lines().next().unwrap_or_default().to_string());
@@ -795,7 +871,13 @@ fn run(mut args: Args) -> Result<i32, String> {
             ctx.args.interval_ms
         ));
         let port = procs::free_port();
-        match ctx.start_ours("ours-streams", Kind::OursJwt, port) {
+        let via_pingora = ctx.args.streams_via == "pingora";
+        let started = if via_pingora {
+            ctx.start_pingora(port)
+        } else {
+            ctx.start_ours("ours-streams", Kind::OursJwt, port)
+        };
+        match started {
             Ok(gw) => {
                 let headers = auth_header(Tokens::Same, &ctx.same_token);
                 let spec = |port| streams::StreamsSpec {
@@ -1075,7 +1157,7 @@ impl Report<'_> {
         let nginx = self.rps("2");
         let _ = writeln!(
             s,
-            "| # | setup | req/s | vs nginx | p50 ms | p99 ms | p99.9 ms | errors | CPU s / 10k req | RSS MB | server core busy | load core busy |"
+            "| # | setup | req/s | vs nginx | p50 ms | p99 ms | p99.9 ms | errors | CPU s / 10k req | RSS MB | server CPU | load-side CPU |"
         );
         let _ = writeln!(s, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
         for row in self.rows {
@@ -1117,8 +1199,11 @@ impl Report<'_> {
                     2
                 ),
                 f(self.med(row, |r| Some(r.rss_mb)), 1),
-                f(self.med(row, |r| r.server_core_pct), 0) + "%",
-                f(self.med(row, |r| r.load_core_pct), 0) + "%",
+                f(
+                    self.med(row, |r| Some(100.0 * r.cpu_s / r.load.seconds.max(1e-3))),
+                    0
+                ) + "%",
+                f(self.med(row, |r| Some(r.load_cpu_pct)), 0) + "%",
             );
         }
         s.push('\n');
@@ -1195,13 +1280,23 @@ impl Report<'_> {
             let _ = writeln!(
                 s,
                 "\n**Streams**: {} concurrent `GET /v1/runs/{{id}}/events`, {} events {} ms apart, starts spread over {} ms; \
-                 gateway as row 4 (fresh process):\n",
+                 {} (fresh process):\n",
                 self.n_streams,
                 self.n_events,
                 self.ctx.args.interval_ms,
-                if self.ctx.quick { 500 } else { 1000 }.max(self.ctx.args.interval_ms)
+                if self.ctx.quick { 500 } else { 1000 }.max(self.ctx.args.interval_ms),
+                if self.ctx.args.streams_via == "pingora" {
+                    "through the bare Pingora proxy (row 2p), not ours"
+                } else {
+                    "ours configured as row 4"
+                }
             );
-            let _ = writeln!(s, "| | direct | through ours | added |");
+            let via = if self.ctx.args.streams_via == "pingora" {
+                "through bare Pingora"
+            } else {
+                "through ours"
+            };
+            let _ = writeln!(s, "| | direct | {via} | added |");
             let _ = writeln!(s, "|---|--:|--:|--:|");
             let _ = writeln!(
                 s,
@@ -1381,7 +1476,8 @@ impl Report<'_> {
                         "seconds": x.load.seconds, "rps": x.load.rps(), "p50_ms": x.load.p50_ms,
                         "p99_ms": x.load.p99_ms, "p999_ms": x.load.p999_ms, "cpu_s": x.cpu_s,
                         "rss_mb": x.rss_mb, "server_core_pct": x.server_core_pct,
-                        "load_core_pct": x.load_core_pct, "upstream": x.upstream,
+                        "load_core_pct": x.load_core_pct, "load_cpu_pct": x.load_cpu_pct,
+                        "upstream": x.upstream,
                     })).collect::<Vec<_>>(),
                 })
             })

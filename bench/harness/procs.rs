@@ -238,6 +238,23 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     ticks as f64 / clock_ticks_per_second()
 }
 
+/// User + system CPU seconds of this process's children that have been waited for (wrk).
+pub fn children_cpu_seconds() -> f64 {
+    let Ok(s) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    let Some(rest) = s.rfind(')').map(|i| &s[i + 2..]) else {
+        return 0.0;
+    };
+    // rest[0] is field 3: cutime is field 16, cstime 17.
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    (f.get(13).copied().unwrap_or(0) + f.get(14).copied().unwrap_or(0)) as f64
+        / clock_ticks_per_second()
+}
+
 /// Resident set size of `pid` and its descendants, in MB (2^20 bytes).
 pub fn rss_mb(pid: u32) -> f64 {
     let kb: u64 = tree(pid)
