@@ -40,82 +40,117 @@ fn register_font() -> Result<(), String> {
 
 type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
 
-fn panel(area: &Area<'_>, title: &str, unit: &str, bars: &[Bar]) -> Result<(), String> {
+/// Draws the bars of `$bars` on `$chart` (a chart whose x axis starts at `$x0`).
+macro_rules! draw_bars {
+    ($chart:expr, $bars:expr, $n:expr, $x0:expr, $e:expr) => {
+        for (i, b) in $bars.iter().enumerate() {
+            let s = $n - 1 - i as i32;
+            match b.value {
+                Some(v) => {
+                    let mut bar = Rectangle::new(
+                        [
+                            ($x0, SegmentValue::Exact(s)),
+                            (v, SegmentValue::Exact(s + 1)),
+                        ],
+                        b.color.filled(),
+                    );
+                    bar.set_margin(5, 5, 0, 0);
+                    $chart.draw_series(std::iter::once(bar)).map_err($e)?;
+                    $chart
+                        .draw_series(std::iter::once(Text::new(
+                            format!(" {}", fmt_value(v)),
+                            (v, SegmentValue::CenterOf(s)),
+                            ("sans-serif", 14).into_font().color(&BLACK),
+                        )))
+                        .map_err($e)?;
+                }
+                None => {
+                    $chart
+                        .draw_series(std::iter::once(Text::new(
+                            " not run",
+                            ($x0, SegmentValue::CenterOf(s)),
+                            ("sans-serif", 14).into_font().color(&RED),
+                        )))
+                        .map_err($e)?;
+                }
+            }
+        }
+    };
+}
+
+/// One horizontal bar chart, row 1 on top; a log scale when the values span orders of
+/// magnitude that a linear one would flatten (latency: milliseconds next to seconds).
+fn panel(area: &Area<'_>, title: &str, unit: &str, bars: &[Bar], log: bool) -> Result<(), String> {
     let e = |e: DrawingAreaErrorKind<_>| e.to_string();
     let n = bars.len() as i32;
-    let max = bars
+    let values: Vec<f64> = bars
         .iter()
         .filter_map(|b| b.value)
-        .fold(0.0f64, f64::max)
-        .max(1e-9)
-        * 1.22;
-    let mut chart = ChartBuilder::on(area)
-        .caption(title, ("sans-serif", 22))
-        .margin(12)
-        .x_label_area_size(34)
-        .y_label_area_size(330)
-        .build_cartesian_2d(0f64..max, (0..n).into_segmented())
-        .map_err(e)?;
-    // Row 1 on top: segment n-1-i holds bar i.
+        .filter(|v| *v > 0.0)
+        .collect();
+    let max = values.iter().copied().fold(0.0f64, f64::max).max(1e-9);
+    // Segment n-1-i holds bar i.
     let label = |v: &SegmentValue<i32>| match v {
         SegmentValue::CenterOf(s) if (0..n).contains(s) => bars[(n - 1 - s) as usize].label.clone(),
         _ => String::new(),
     };
-    chart
-        .configure_mesh()
-        .disable_y_mesh()
-        .y_labels(bars.len())
-        .y_label_formatter(&label)
-        .y_label_style(("sans-serif", 15))
-        .x_label_style(("sans-serif", 13))
-        .x_desc(unit)
-        .x_label_formatter(&|v| fmt_value(*v))
-        .draw()
-        .map_err(e)?;
-    for (i, b) in bars.iter().enumerate() {
-        let s = n - 1 - i as i32;
-        match b.value {
-            Some(v) => {
-                let mut bar = Rectangle::new(
-                    [
-                        (0.0, SegmentValue::Exact(s)),
-                        (v, SegmentValue::Exact(s + 1)),
-                    ],
-                    b.color.filled(),
-                );
-                bar.set_margin(5, 5, 0, 0);
-                chart.draw_series(std::iter::once(bar)).map_err(e)?;
-                chart
-                    .draw_series(std::iter::once(Text::new(
-                        format!(" {}", fmt_value(v)),
-                        (v, SegmentValue::CenterOf(s)),
-                        ("sans-serif", 14).into_font().color(&BLACK),
-                    )))
-                    .map_err(e)?;
-            }
-            None => {
-                chart
-                    .draw_series(std::iter::once(Text::new(
-                        " not run",
-                        (0.0, SegmentValue::CenterOf(s)),
-                        ("sans-serif", 14).into_font().color(&RED),
-                    )))
-                    .map_err(e)?;
-            }
-        }
+    let mut builder = ChartBuilder::on(area);
+    builder
+        .caption(title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(34)
+        .y_label_area_size(330);
+    if log {
+        let min = values.iter().copied().fold(max, f64::min);
+        let lo = 10f64.powf((min / 2.0).log10().floor());
+        let hi = 10f64.powf((max * 3.0).log10().ceil());
+        let mut chart = builder
+            .build_cartesian_2d((lo..hi).log_scale(), (0..n).into_segmented())
+            .map_err(e)?;
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .y_labels(bars.len())
+            .y_label_formatter(&label)
+            .y_label_style(("sans-serif", 15))
+            .x_label_style(("sans-serif", 13))
+            .x_desc(format!("{unit} (log scale)"))
+            .x_label_formatter(&|v| fmt_value(*v))
+            .draw()
+            .map_err(e)?;
+        draw_bars!(chart, bars, n, lo, e);
+    } else {
+        let mut chart = builder
+            .build_cartesian_2d(0f64..max * 1.22, (0..n).into_segmented())
+            .map_err(e)?;
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .y_labels(bars.len())
+            .y_label_formatter(&label)
+            .y_label_style(("sans-serif", 15))
+            .x_label_style(("sans-serif", 13))
+            .x_desc(unit)
+            .x_label_formatter(&|v| fmt_value(*v))
+            .draw()
+            .map_err(e)?;
+        draw_bars!(chart, bars, n, 0.0, e);
     }
     Ok(())
 }
 
 fn fmt_value(v: f64) -> String {
-    if v >= 10_000.0 {
+    if v.fract() == 0.0 && v < 10_000.0 {
+        format!("{v:.0}")
+    } else if v >= 10_000.0 {
         format!("{:.0}k", v / 1000.0)
     } else if v >= 100.0 {
         format!("{v:.0}")
     } else if v >= 10.0 {
         format!("{v:.1}")
     } else {
-        format!("{v:.2}")
+        let t = format!("{v:.2}");
+        t.trim_end_matches('0').trim_end_matches('.').to_string()
     }
 }
 
@@ -140,12 +175,14 @@ pub fn draw(path: &Path, title: &str, rps: &[Bar], p99: &[Bar]) -> Result<(), St
             "Throughput: requests per second (higher is better)",
             "req/s",
             rps,
+            false,
         )?;
         panel(
             &bottom,
             "Latency at full load: p99 (lower is better)",
             "ms",
             p99,
+            true,
         )?;
         root.present().map_err(|e| e.to_string())?;
     }

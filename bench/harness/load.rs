@@ -1,6 +1,6 @@
 //! Load: `wrk` (closed loop, as many requests as the server takes) and an open-loop client of
-//! our own (fixed request rate, latency counted from when each request was due, so a slow
-//! answer cannot hide the requests it delayed: no coordinated omission).
+//! our own (fixed request rate; a request delayed by a slow answer counts its latency from when
+//! it was due, so a stall cannot hide the requests it delayed: no coordinated omission).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -140,7 +140,8 @@ pub fn percentile(sorted: &[u64], p: f64) -> u64 {
 }
 
 /// Open loop: `rate` requests per second in total over `connections` keep-alive connections,
-/// for `duration`. Latency runs from each request's due time to its complete answer.
+/// for `duration`. Latency runs to the complete answer from when the request was sent, or from
+/// when it was due if the connection was still busy with the previous answer then.
 pub fn open_loop(
     port: u16,
     path: &str,
@@ -172,8 +173,17 @@ pub fn open_loop(
                 let mut conn: Option<Conn> = None;
                 // Spread the connections' schedules evenly over one interval.
                 let mut due = start + per_conn.mul_f64(c as f64 / connections as f64);
+                // When the previous answer came after this request was due, the request is
+                // late because of the server: its latency counts from `due`. Otherwise it counts
+                // from when it was sent (the timer's own millisecond slack is not the server's).
+                let mut prev_done = start;
                 while due < end {
                     tokio::time::sleep_until(due).await;
+                    let from = if prev_done > due {
+                        due
+                    } else {
+                        tokio::time::Instant::now()
+                    };
                     if conn.is_none() {
                         conn = Conn::connect(port).await.ok();
                     }
@@ -182,10 +192,11 @@ pub fn open_loop(
                         None => None,
                     };
                     let done = tokio::time::Instant::now();
+                    prev_done = done;
                     match status {
                         Some(s) if s < 400 => {
                             ok += 1;
-                            lat.push(done.duration_since(due).as_micros() as u64);
+                            lat.push(done.duration_since(from).as_micros() as u64);
                         }
                         Some(_) => errors += 1,
                         None => {

@@ -812,53 +812,59 @@ fn run(mut args: Args) -> Result<i32, String> {
         }
     }
 
-    // Fixed-rate latency: direct vs row 4, at half of row 4's maximum rate.
+    // Fixed-rate latency at half of row 4's maximum rate: direct, then every proxy that has
+    // no auth to pay (nginx, bare Pingora) for scale, and row 4, alternating.
     let mut rate_test = None;
     let row_rps = |rows: &[Row], id: &str| {
         rows.iter()
             .find(|r| r.def.id == id && r.failed.is_none())
             .and_then(|r| median(r.runs.iter().map(|x| x.load.rps()).collect()))
     };
+    let ok_row = |id: &str| {
+        rows.iter()
+            .find(|r| r.def.id == id && r.failed.is_none() && r.skipped.is_none())
+    };
     if !ctx.args.no_rate {
-        if let (Some(r4), Some(direct), Some(ours)) = (
-            row_rps(&rows, "4"),
-            rows.iter().find(|r| r.def.id == "1" && r.failed.is_none()),
-            rows.iter().find(|r| r.def.id == "4" && r.failed.is_none()),
-        ) {
+        if let (Some(r4), Some(_), Some(_)) = (row_rps(&rows, "4"), ok_row("1"), ok_row("4")) {
             let rate = (r4 / 2.0).max(10.0);
             say(format!(
                 "fixed-rate latency test at {rate:.0} req/s (half of row 4's maximum)"
             ));
-            let mut d_runs = Vec::new();
-            let mut o_runs = Vec::new();
+            let paths: Vec<&Row> = ["1", "2", "2p", "4"]
+                .iter()
+                .filter_map(|id| ok_row(id))
+                .collect();
+            let mut results: Vec<Vec<LoadResult>> = vec![Vec::new(); paths.len()];
             for _ in 0..runs {
-                ctx.settle();
-                procs::repin(direct.pid, ctx.pin.server);
-                d_runs.push(load::open_loop(
-                    mock_port,
-                    REQUEST_PATH,
-                    &[],
-                    rate,
-                    ctx.args.connections,
-                    duration,
-                ));
-                procs::repin(direct.pid, ctx.pin.load);
-                ctx.settle();
-                o_runs.push(load::open_loop(
-                    ours.port,
-                    REQUEST_PATH,
-                    &auth_header(Tokens::Same, &ctx.same_token),
-                    rate,
-                    ctx.args.connections,
-                    duration,
-                ));
-                say(format!(
-                    "  direct p99 {:.3} ms, row 4 p99 {:.3} ms",
-                    d_runs.last().map(|r| r.p99_ms).unwrap_or(0.0),
-                    o_runs.last().map(|r| r.p99_ms).unwrap_or(0.0)
-                ));
+                for (i, row) in paths.iter().enumerate() {
+                    ctx.settle();
+                    let direct = row.def.kind == Kind::Direct;
+                    if direct {
+                        procs::repin(row.pid, ctx.pin.server);
+                    }
+                    let r = load::open_loop(
+                        row.port,
+                        REQUEST_PATH,
+                        &auth_header(row.def.tokens, &ctx.same_token),
+                        rate,
+                        ctx.args.connections,
+                        duration,
+                    );
+                    if direct {
+                        procs::repin(row.pid, ctx.pin.load);
+                    }
+                    say(format!("  row {}: p99 {:.3} ms", row.def.id, r.p99_ms));
+                    results[i].push(r);
+                }
             }
-            rate_test = Some((rate, d_runs, o_runs));
+            rate_test = Some(RateTest {
+                rate,
+                paths: paths
+                    .iter()
+                    .zip(results)
+                    .map(|(r, v)| (r.def.id, r.def.name, v))
+                    .collect(),
+            });
         }
     }
 
@@ -932,6 +938,7 @@ fn run(mut args: Args) -> Result<i32, String> {
                         d.failed,
                         g.failed
                     ));
+                    st.before.push(before);
                     st.growth.push(during - before);
                     st.during.push(during);
                     st.after.push(after);
@@ -1021,9 +1028,23 @@ fn run(mut args: Args) -> Result<i32, String> {
     }
 }
 
+struct RateTest {
+    rate: f64,
+    /// (row id, row name, runs)
+    paths: Vec<(&'static str, &'static str, Vec<LoadResult>)>,
+}
+
+impl RateTest {
+    fn p99(&self, id: &str) -> Option<f64> {
+        let (_, _, v) = self.paths.iter().find(|(i, _, _)| *i == id)?;
+        median(v.iter().map(|r| r.p99_ms).collect())
+    }
+}
+
 #[derive(Default)]
 struct StreamsRuns {
     rss_before: f64,
+    before: Vec<f64>,
     during: Vec<f64>,
     after: Vec<f64>,
     growth: Vec<f64>,
@@ -1064,7 +1085,7 @@ struct Report<'a> {
     rows: &'a [Row],
     runs: usize,
     duration: Duration,
-    rate_test: Option<&'a (f64, Vec<LoadResult>, Vec<LoadResult>)>,
+    rate_test: Option<&'a RateTest>,
     streams: Option<&'a StreamsRuns>,
     n_streams: usize,
     n_events: u64,
@@ -1243,29 +1264,35 @@ impl Report<'_> {
             let _ = writeln!(s, "- errors: {}", errors.join("; "));
         }
 
-        if let Some((rate, d, o)) = self.rate_test {
+        if let Some(rt) = self.rate_test {
             let m =
                 |v: &Vec<LoadResult>, g: fn(&LoadResult) -> f64| median(v.iter().map(g).collect());
             let _ = writeln!(
                 s,
-                "\n**Fixed rate, {rate:.0} req/s** (half of row 4's maximum; open loop, latency from each request's due time):\n"
+                "\n**Fixed rate, {:.0} req/s** (half of row 4's maximum; open loop over the same {} connections, \
+                 latency from the send, or from the due time when an earlier answer held the connection):\n",
+                rt.rate, self.ctx.args.connections
             );
             let _ = writeln!(
                 s,
-                "| path | achieved req/s | p50 ms | p99 ms | p99.9 ms | errors |"
+                "| # | path | achieved req/s | p50 ms | p99 ms | p99.9 ms | p99 added to direct | errors |"
             );
-            let _ = writeln!(s, "|---|--:|--:|--:|--:|--:|");
-            for (name, v) in [
-                ("direct (row 1)", d),
-                ("ours, JWT + exchange, cached (row 4)", o),
-            ] {
+            let _ = writeln!(s, "|---|---|--:|--:|--:|--:|--:|--:|");
+            let direct = rt.p99("1");
+            for (id, name, v) in &rt.paths {
+                let p99 = m(v, |r| r.p99_ms);
                 let _ = writeln!(
                     s,
-                    "| {name} | {} | {} | {} | {} | {} |",
+                    "| {id} | {name} | {} | {} | {} | {} | {} | {} |",
                     f(m(v, |r| r.rps()), 0),
                     f(m(v, |r| r.p50_ms), 3),
-                    f(m(v, |r| r.p99_ms), 3),
+                    f(p99, 3),
                     f(m(v, |r| r.p999_ms), 3),
+                    if *id == "1" {
+                        "–".to_string()
+                    } else {
+                        f(p99.zip(direct).map(|(a, b)| a - b), 3) + " ms"
+                    },
                     v.iter().map(|r| r.errors).sum::<u64>()
                 );
             }
@@ -1318,14 +1345,14 @@ impl Report<'_> {
                 st.direct.iter().map(|r| r.failed).sum::<usize>(),
                 st.gateway.iter().map(|r| r.failed).sum::<usize>()
             );
-            let _ = writeln!(
-                s,
-                "| gateway RSS MB before / during (max) / after | | {:.1} / {} / {} | growth {} |",
-                st.rss_before,
-                f(median(st.during.clone()), 1),
-                f(median(st.after.clone()), 1),
-                f(st.growth.iter().copied().reduce(f64::max), 1)
-            );
+            for (i, ((b, d), a)) in st.before.iter().zip(&st.during).zip(&st.after).enumerate() {
+                let _ = writeln!(
+                    s,
+                    "| gateway RSS MB, run {}: before / during (max) / 2 s after | | {b:.1} / {d:.1} / {a:.1} | growth {:.1} |",
+                    i + 1,
+                    d - b
+                );
+            }
             let _ = writeln!(
                 s,
                 "| gateway CPU s per 10k events | | {} | |",
@@ -1384,12 +1411,9 @@ impl Report<'_> {
             f(t2, 1),
             verdict(t2.map(|x| x >= 20.0))
         );
-        let t3 = self.rate_test.and_then(|(_, d, o)| {
-            Some(
-                median(o.iter().map(|r| r.p99_ms).collect())?
-                    - median(d.iter().map(|r| r.p99_ms).collect())?,
-            )
-        });
+        let t3 = self
+            .rate_test
+            .and_then(|rt| Some(rt.p99("4")? - rt.p99("1")?));
         let _ = writeln!(
             s,
             "| row 4 adds ≤ 1 ms p99 over row 1 at half rate | {} ms | {} |",
@@ -1400,7 +1424,8 @@ impl Report<'_> {
             let growth = st.growth.iter().copied().reduce(f64::max);
             let _ = writeln!(
                 s,
-                "| 1,000 streams: RSS growth ≤ 50 MB | {} MB | {} |",
+                "| {} streams: RSS growth ≤ 50 MB (target for 1,000) | {} MB | {} |",
+                self.n_streams,
                 f(growth, 1),
                 verdict(growth.map(|g| g <= 50.0))
             );
@@ -1482,13 +1507,15 @@ impl Report<'_> {
                 })
             })
             .collect();
-        let rate = self.rate_test.map(|(rate, d, o)| {
+        let rate = self.rate_test.map(|rt| {
             let j = |v: &Vec<LoadResult>| v.iter().map(|r| json!({"rps": r.rps(), "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "p999_ms": r.p999_ms, "errors": r.errors})).collect::<Vec<_>>();
-            json!({"rate": rate, "direct": j(d), "row4": j(o)})
+            let paths: serde_json::Map<String, Value> =
+                rt.paths.iter().map(|(id, _, v)| (id.to_string(), json!(j(v)))).collect();
+            json!({"rate": rt.rate, "rows": paths})
         });
         let streams = self.streams.map(|st| {
             let j = |v: &Vec<streams::StreamsResult>| v.iter().map(|r| json!({"streams": r.streams, "failed": r.failed, "events": r.events, "p50_us": r.p50_us, "p99_us": r.p99_us, "max_us": r.max_us, "first_error": r.first_error})).collect::<Vec<_>>();
-            json!({"direct": j(&st.direct), "gateway": j(&st.gateway), "rss_before_mb": st.rss_before, "rss_during_mb": st.during, "rss_after_mb": st.after, "cpu_s": st.cpu})
+            json!({"direct": j(&st.direct), "gateway": j(&st.gateway), "rss_idle_mb": st.rss_before, "rss_before_mb": st.before, "rss_during_mb": st.during, "rss_after_mb": st.after, "cpu_s": st.cpu})
         });
         json!({
             "date": utc_now(), "quick": self.ctx.quick, "command": self.ctx.args.command_line,
