@@ -505,6 +505,12 @@ async fn serve(opts: Opts) {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
+        // Open event streams and idle keep-alive connections may hold the graceful shutdown:
+        // give them a moment, then go.
+        tokio::spawn(async {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            std::process::exit(0);
+        });
     };
     if let Err(e) = axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
