@@ -412,12 +412,16 @@ fn env_u64(env: &HashMap<String, String>, key: &str) -> Result<Option<u64>, Conf
     }
 }
 
+/// No duration setting may exceed 30 days: larger values are typos, and they would overflow
+/// the arithmetic that adds timeouts together or to an `Instant`.
+const MAX_SECS: u64 = 30 * 24 * 3600;
+
 fn ms(v: u64) -> Duration {
-    Duration::from_millis(v)
+    Duration::from_millis(v.min(MAX_SECS * 1000))
 }
 
 fn secs(v: u64) -> Duration {
-    Duration::from_secs(v)
+    Duration::from_secs(v.min(MAX_SECS))
 }
 
 impl Config {
@@ -518,8 +522,8 @@ impl Config {
             dns_refresh: secs(up.dns_refresh_seconds.unwrap_or(30).max(1)),
             health_interval: ms(hc.interval_ms.unwrap_or(2_000)),
             health_timeout: ms(hc.timeout_ms.unwrap_or(1_000)),
-            failures_to_eject: hc.failures_to_eject.unwrap_or(2).max(1),
-            successes_to_restore: hc.successes_to_restore.unwrap_or(1).max(1),
+            failures_to_eject: hc.failures_to_eject.unwrap_or(2).clamp(1, 1000),
+            successes_to_restore: hc.successes_to_restore.unwrap_or(1).clamp(1, 1000),
         };
 
         let auth = Self::resolve_auth(fauth, env)?;

@@ -644,6 +644,9 @@ impl ProxyHttp for Gateway {
             };
         }
         let api = self.map_proxy_error(e, ctx);
+        // Pingora does not reuse the connection after this; say so, so that a client does not
+        // send its next request into a socket about to close.
+        session.set_keepalive(None);
         if write_error(session, ctx, &api).await.is_err() {
             return FailToProxy {
                 error_code: 0,

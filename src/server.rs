@@ -44,7 +44,10 @@ fn server_conf(cfg: &Config, opts: &ProcessOpts) -> ServerConf {
         // Our drainer exits the process itself (early when idle, at our deadline otherwise);
         // Pingora's own sleep is only the backstop behind it.
         grace_period_seconds: Some(
-            cfg.grace_period.as_secs() + cfg.graceful_shutdown_timeout.as_secs() + 2,
+            cfg.grace_period
+                .as_secs()
+                .saturating_add(cfg.graceful_shutdown_timeout.as_secs())
+                .saturating_add(2),
         ),
         graceful_shutdown_timeout_seconds: Some(cfg.graceful_shutdown_timeout.as_secs()),
         upgrade_sock: cfg.upgrade_sock.clone(),

@@ -394,7 +394,14 @@ impl Upstreams {
     /// Passive ejection: an address that refused a connection is skipped until the next
     /// health-check window could have noticed it.
     pub fn eject(&self, target: Target) {
-        let until = Instant::now() + self.cfg.health_interval * self.cfg.failures_to_eject as u32;
+        let window = self
+            .cfg
+            .health_interval
+            .saturating_mul(u32::try_from(self.cfg.failures_to_eject).unwrap_or(u32::MAX));
+        let now = Instant::now();
+        let until = now
+            .checked_add(window)
+            .unwrap_or(now + Duration::from_secs(3600));
         let mut map = self.ejected.lock().unwrap_or_else(|p| p.into_inner());
         map.insert(target.addr, until);
     }

@@ -66,6 +66,8 @@ struct Claims {
     exp: Option<Value>,
     #[serde(default)]
     iat: Option<Value>,
+    #[serde(default)]
+    iss: Option<Value>,
 }
 
 /// A JWT NumericDate as whole seconds (fractions round like jsonwebtoken's own check does).
@@ -192,6 +194,11 @@ impl Verifier {
 
     /// What jsonwebtoken does not check: `iat` in the future.
     fn check_claims(&self, claims: Claims, key: Fingerprint) -> Result<Verified, Rejection> {
+        // RFC 7519: `iss` is one StringOrURI. jsonwebtoken also accepts an array that contains
+        // the expected issuer; a token like that was not issued the way we expect.
+        if matches!(claims.iss, Some(ref v) if !v.is_string()) {
+            return Err(Rejection::Issuer);
+        }
         let now = now_unix();
         if let Some(iat) = &claims.iat {
             let iat = numeric_date(iat).ok_or(Rejection::Invalid)?;
