@@ -22,11 +22,7 @@ pub fn needs_repair(resp: &ResponseHeader) -> bool {
 }
 
 fn is_json_media_type(ct: &str) -> bool {
-    ct.split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .eq_ignore_ascii_case("application/json")
+    crate::headers::media_type(ct) == "application/json"
 }
 
 /// Decodes the body when it is one JSON string; `None` for anything else.

@@ -78,6 +78,16 @@ pub fn new_traceparent() -> String {
     format!("00-{trace}-{span}-01")
 }
 
+/// The media type of a `Content-Type` value, lower-cased and without parameters.
+pub fn media_type(content_type: &str) -> String {
+    content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase()
+}
+
 /// Bytes of a request head as counted against the configured limit.
 pub fn head_size(headers: &HeaderMap, target_len: usize) -> usize {
     target_len

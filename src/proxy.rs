@@ -151,16 +151,19 @@ fn is_json_content_type(v: Option<&http::HeaderValue>) -> bool {
     match v.and_then(|v| v.to_str().ok()) {
         None => true,
         Some(ct) => {
-            let mime = ct
-                .split(';')
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .to_ascii_lowercase();
+            let mime = headers::media_type(ct);
             mime == "application/json"
                 || (mime.starts_with("application/") && mime.ends_with("+json"))
         }
     }
+}
+
+/// The client's IP address, for X-Forwarded-For.
+fn client_ip(session: &Session) -> Option<String> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip().to_string())
 }
 
 /// The request head a coordinator receives: hop-by-hop headers and the client's credentials
@@ -303,10 +306,7 @@ impl Gateway {
         if let Some(bytes) = body {
             if session.as_ref().retry_buffer_truncated() {
                 let req = session.req_header().clone();
-                let client_ip = session
-                    .client_addr()
-                    .and_then(|a| a.as_inet())
-                    .map(|a| a.ip().to_string());
+                let client_ip = client_ip(session);
                 let answer = direct::send(
                     &self.state,
                     ctx,
@@ -507,10 +507,7 @@ impl ProxyHttp for Gateway {
                 }
             }
         }
-        let client_ip = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip().to_string());
+        let client_ip = client_ip(session);
         let coordinator = ctx.current.map(|t| self.state.upstreams.coordinator(t.id));
         prepare_upstream_request(req, ctx, client_ip.as_deref(), coordinator)
     }
@@ -595,10 +592,7 @@ impl ProxyHttp for Gateway {
         }
         if ctx.repair_refetch && session.response_written().is_none() {
             let req = session.req_header().clone();
-            let client_ip = session
-                .client_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| a.ip().to_string());
+            let client_ip = client_ip(session);
             let pinned = ctx.current;
             let answer = direct::send(&self.state, ctx, &req, client_ip.as_deref(), None, pinned)
                 .await
