@@ -47,6 +47,9 @@ impl Admin {
                 .map(|(i, c)| (c.base_url.clone(), s.upstreams.is_healthy(i)))
                 .collect(),
             in_flight: s.lifecycle.in_flight(),
+            open_connections: s.connections.open(),
+            connections_refused: s.connections.refused(),
+            header_timeouts: s.connections.head_timeouts(),
         }
     }
 

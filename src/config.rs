@@ -114,6 +114,7 @@ pub struct FileLimits {
     pub max_header_bytes: Option<usize>,
     pub max_token_bytes: Option<usize>,
     pub client_write_timeout_seconds: Option<u64>,
+    pub header_read_timeout_seconds: Option<u64>,
     pub max_connections: Option<usize>,
 }
 
@@ -285,7 +286,9 @@ pub struct Config {
     pub max_header_bytes: usize,
     pub max_token_bytes: usize,
     pub client_write_timeout: Duration,
-    /// Requests in flight at once (each holds a connection); beyond it new ones get a quick 503.
+    /// Whole-head deadline for every request head on a client connection.
+    pub header_read_timeout: Duration,
+    /// Open client connections; requests on connections beyond it get a quick 503 and a close.
     pub max_connections: usize,
     pub repair_json_string_events: bool,
     pub log_level: String,
@@ -566,6 +569,7 @@ impl Config {
             max_header_bytes: limits.max_header_bytes.unwrap_or(32 * 1024),
             max_token_bytes: limits.max_token_bytes.unwrap_or(16 * 1024),
             client_write_timeout: secs(limits.client_write_timeout_seconds.unwrap_or(60)),
+            header_read_timeout: secs(limits.header_read_timeout_seconds.unwrap_or(10).max(1)),
             max_connections: limits.max_connections.unwrap_or(10_000).max(1),
             repair_json_string_events: events.repair_json_string_body.unwrap_or(true),
             log_level: logging.level.unwrap_or_else(|| "info".to_string()),

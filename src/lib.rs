@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod auth;
 pub mod config;
+pub mod connections;
 pub mod direct;
 pub mod errors;
 pub mod events;

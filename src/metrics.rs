@@ -50,6 +50,9 @@ pub struct Sampled {
     /// (coordinator URL, healthy)
     pub coordinators: Vec<(String, bool)>,
     pub in_flight: usize,
+    pub open_connections: usize,
+    pub connections_refused: u64,
+    pub header_timeouts: u64,
 }
 
 /// Decrements the active-stream gauge when the stream's request ends, however it ends.
@@ -211,6 +214,22 @@ impl Metrics {
             s.sts_errors,
         );
         counter("jwks_refreshes_total", "JWKS fetches", s.jwks_fetches);
+        counter(
+            "connections_refused_total",
+            "Requests refused 503 because their connection was over limits.max_connections",
+            s.connections_refused,
+        );
+        counter(
+            "header_read_timeouts_total",
+            "Client connections dropped because a request head did not arrive in time",
+            s.header_timeouts,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP arp_gateway_client_connections Open client connections"
+        );
+        let _ = writeln!(out, "# TYPE arp_gateway_client_connections gauge");
+        let _ = writeln!(out, "arp_gateway_client_connections {}", s.open_connections);
         let _ = writeln!(
             out,
             "# HELP arp_gateway_requests_in_flight Requests being handled"

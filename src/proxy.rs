@@ -28,6 +28,7 @@ pub struct State {
     pub broker: Arc<TokenBroker>,
     pub metrics: crate::metrics::Metrics,
     pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
+    pub connections: Arc<crate::connections::Connections>,
 }
 
 pub struct Gateway {
@@ -231,10 +232,15 @@ impl Gateway {
         ctx: &mut Ctx,
     ) -> std::result::Result<bool, ApiError> {
         let cfg = &self.state.cfg;
-        if self.state.lifecycle.in_flight() > cfg.max_connections {
+        if self
+            .state
+            .connections
+            .refuse_if_over_limit(session.as_ref().stream())
+        {
             // Refuse quickly rather than degrade everyone already being served.
+            session.set_keepalive(None);
             return Err(
-                ApiError::new(503, "overloaded", "Too many concurrent requests")
+                ApiError::new(503, "overloaded", "Too many concurrent connections")
                     .retryable(true)
                     .header("Retry-After", "1"),
             );
@@ -555,7 +561,7 @@ impl ProxyHttp for Gateway {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
@@ -567,6 +573,11 @@ impl ProxyHttp for Gateway {
             // Proxies further along must not buffer (or cache) the stream either.
             resp.insert_header("X-Accel-Buffering", "no")?;
             resp.insert_header("Cache-Control", "no-cache")?;
+            // Pingora closes the client connection when the coordinator fails mid-stream (after
+            // `fail_to_proxy` has ended the body cleanly), whatever the head said. Announcing the
+            // close up front keeps a client from sending its next request into that socket; a
+            // stream lasts far longer than the connect it costs.
+            session.set_keepalive(None);
             if resp.status.is_success() {
                 // A Content-Length body is flushed only at its end (PINGORA-NOTES): relay it
                 // chunked so every line goes out as it arrives.

@@ -5,14 +5,21 @@ use crate::admin::{Admin, AdminService};
 use crate::auth::exchange::TokenBroker;
 use crate::auth::Authenticator;
 use crate::config::{Config, ConfigError};
+use crate::connections::{Admission, Connections};
 use crate::lifecycle::{Drainer, Lifecycle};
 use crate::proxy::{Gateway, State};
 use crate::upstream::Upstreams;
 use async_trait::async_trait;
+use pingora::listeners::ListenerConfig;
+use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{BackgroundService, GenBackgroundService};
+use pingora::services::listening::Service;
 use std::sync::Arc;
+
+/// Pingora's default: one TCP segment, so a small answer leaves in one write.
+const CLIENT_WRITE_BUFFER: usize = 1460;
 
 /// Process-level switches that Pingora itself acts on.
 #[derive(Debug, Default, Clone)]
@@ -27,6 +34,7 @@ pub fn build_state(cfg: Config) -> Result<Arc<State>, ConfigError> {
     let upstreams = Upstreams::new(&cfg.upstream)?;
     let auth = Authenticator::new(&cfg.auth, cfg.max_token_bytes);
     let broker = TokenBroker::new(&cfg.auth, &cfg.upstream.audience);
+    let (cfg_max_connections, cfg_head_timeout) = (cfg.max_connections, cfg.header_read_timeout);
     Ok(Arc::new(State {
         cfg,
         upstreams,
@@ -34,6 +42,7 @@ pub fn build_state(cfg: Config) -> Result<Arc<State>, ConfigError> {
         broker,
         metrics: Default::default(),
         lifecycle: Lifecycle::new(),
+        connections: Connections::new(cfg_max_connections, cfg_head_timeout),
     }))
 }
 
@@ -107,12 +116,17 @@ pub fn build_server(state: Arc<State>, admin: Option<AdminService>, opts: &Proce
     } else {
         format!("{}:{}", cfg.host, cfg.port)
     };
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Gateway::new(state.clone()),
-        "arp-run-gateway",
+    let proxy = pingora::proxy::http_proxy(&server.configuration, Gateway::new(state.clone()));
+    let mut proxy = Service::new(
+        "arp-run-gateway".to_string(),
+        Admission::new(proxy, state.connections.clone()),
     );
-    proxy.add_tcp(&addr);
+    // Pingora gives every client connection a 64 KiB read buffer by default; the proxy parses
+    // heads and bodies into buffers of its own, so reading the socket directly only saves a
+    // copy and 64 KiB per open connection (an event stream holds its connection for minutes).
+    proxy.add_listener(
+        ListenerConfig::tcp(addr).l4_buffer(L4BufferSettings::new(0, CLIENT_WRITE_BUFFER)),
+    );
     server.add_service(proxy);
     server.add_boxed_service(state.upstreams.health_service());
     server.add_service(GenBackgroundService::new(
