@@ -2,6 +2,7 @@
 //! W3C trace context, and the size budget for request heads.
 
 use http::HeaderMap;
+use std::borrow::Cow;
 
 /// RFC 9110 §7.6.1 hop-by-hop headers, plus the proxy ones nobody should forward.
 /// `Transfer-Encoding` and `Content-Length` are left to Pingora, which owns body framing.
@@ -16,17 +17,17 @@ const HOP_BY_HOP: [&str; 7] = [
 ];
 
 /// Names of the headers to drop before forwarding: the fixed hop-by-hop set plus every header
-/// the `Connection` header lists.
-pub fn hop_by_hop_names(headers: &HeaderMap) -> Vec<String> {
-    let mut names: Vec<String> = HOP_BY_HOP.iter().map(|s| s.to_string()).collect();
-    names.push("trailer".to_string());
+/// the `Connection` header lists. Borrowed where fixed: this runs twice on every request.
+pub fn hop_by_hop_names(headers: &HeaderMap) -> Vec<Cow<'static, str>> {
+    let mut names: Vec<Cow<'static, str>> = HOP_BY_HOP.iter().map(|s| Cow::Borrowed(*s)).collect();
+    names.push(Cow::Borrowed("trailer"));
     for v in headers.get_all(http::header::CONNECTION) {
         if let Ok(s) = v.to_str() {
             for token in s.split(',') {
                 let t = token.trim().to_ascii_lowercase();
                 // Never let a client make us drop the headers that frame the body.
                 if !t.is_empty() && t != "content-length" && t != "transfer-encoding" {
-                    names.push(t);
+                    names.push(Cow::Owned(t));
                 }
             }
         }
@@ -71,11 +72,12 @@ pub fn is_valid_traceparent(v: &[u8]) -> bool {
         && hex(parts[3], 2)
 }
 
-/// A new sampled trace context for a request that arrived without one.
+/// A new sampled trace context for a request that arrived without one. Random bits of two v4
+/// UUIDs: never all zero, as the W3C format requires.
 pub fn new_traceparent() -> String {
-    let trace = uuid::Uuid::new_v4().simple().to_string();
-    let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
-    format!("00-{trace}-{span}-01")
+    let trace = uuid::Uuid::new_v4().as_u128();
+    let span = uuid::Uuid::new_v4().as_u64_pair().1;
+    format!("00-{trace:032x}-{span:016x}-01")
 }
 
 /// The media type of a `Content-Type` value, lower-cased and without parameters.
@@ -109,9 +111,9 @@ mod tests {
             "keep-alive, X-Secret, Content-Length".parse().unwrap(),
         );
         let names = hop_by_hop_names(&h);
-        assert!(names.contains(&"x-secret".to_string()));
-        assert!(names.contains(&"proxy-authorization".to_string()));
-        assert!(!names.contains(&"content-length".to_string()));
+        assert!(names.iter().any(|n| n == "x-secret"));
+        assert!(names.iter().any(|n| n == "proxy-authorization"));
+        assert!(!names.iter().any(|n| n == "content-length"));
     }
 
     #[test]

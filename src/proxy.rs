@@ -177,22 +177,20 @@ pub(crate) fn prepare_upstream_request(
     coordinator: Option<&crate::config::Coordinator>,
 ) -> Result<()> {
     for name in headers::hop_by_hop_names(&req.headers) {
-        req.remove_header(name.as_str());
+        req.remove_header(name.as_ref());
     }
     req.remove_header("authorization");
     if let Some(token) = &ctx.upstream_token {
         req.insert_header("Authorization", format!("Bearer {token}"))?;
     }
     // Origin-form target only: an absolute-form request must not carry its host upstream.
-    let target = req
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
-    let uri = target
-        .parse::<http::Uri>()
-        .or_err(ErrorType::InternalError, "bad target")?;
-    req.set_uri(uri);
+    if req.uri.scheme().is_some() || req.uri.authority().is_some() {
+        let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
+        let uri = target
+            .parse::<http::Uri>()
+            .or_err(ErrorType::InternalError, "bad target")?;
+        req.set_uri(uri);
+    }
     if let Some(c) = coordinator {
         req.insert_header("Host", format!("{}:{}", c.host, c.port))?;
     }
@@ -566,7 +564,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         for name in headers::hop_by_hop_names(&resp.headers) {
-            resp.remove_header(name.as_str());
+            resp.remove_header(name.as_ref());
         }
         resp.insert_header("X-Request-Id", ctx.request_id.as_str())?;
         if ctx.op() == Some(Operation::StreamRunEvents) {
