@@ -292,3 +292,37 @@ async fn every_events_answer_tells_proxies_not_to_buffer() {
         .unwrap();
     assert_eq!(got.header("accept-encoding"), Some("identity"));
 }
+
+#[tokio::test]
+async fn a_stream_silent_longer_than_the_idle_timeout_ends_cleanly_and_a_slow_but_live_one_does_not(
+) {
+    let coord = TestCoordinator::start();
+    let gw = start(&coord, "upstream:\n  stream_idle_timeout_seconds: 1\n");
+    // Events 400 ms apart: 4 s in all, longer than the idle timeout but never silent for 1 s.
+    coord.set_events(10, Duration::from_millis(400));
+    let r = http_client()
+        .get(format!("{}/v1/runs/live/events", gw.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (lines, err) = try_read_stream_lines(r).await;
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(lines.len(), 10, "no total time limit on a live stream");
+
+    // Silent for 3 s after the first event: cut at the idle timeout, with a clean end of body.
+    coord.set_events(3, Duration::from_secs(3));
+    let r = http_client()
+        .get(format!("{}/v1/runs/silent/events", gw.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (lines, err) = try_read_stream_lines(r).await;
+    assert!(err.is_none(), "ended with a clean end of body: {err:?}");
+    assert_eq!(lines.len(), 1, "cut during the first silence");
+    assert!(
+        wait_until_async(Duration::from_secs(5), || coord.open_streams() == 0).await,
+        "the coordinator's stream was closed too"
+    );
+}

@@ -813,7 +813,7 @@ fn run(mut args: Args) -> Result<i32, String> {
     }
 
     // Fixed-rate latency at half of row 4's maximum rate: direct, then every proxy that has
-    // no auth to pay (nginx, bare Pingora) for scale, and row 4, alternating.
+    // no auth to pay (nginx, bare Pingora, ours with auth off) for scale, and row 4, alternating.
     let mut rate_test = None;
     let row_rps = |rows: &[Row], id: &str| {
         rows.iter()
@@ -830,7 +830,7 @@ fn run(mut args: Args) -> Result<i32, String> {
             say(format!(
                 "fixed-rate latency test at {rate:.0} req/s (half of row 4's maximum)"
             ));
-            let paths: Vec<&Row> = ["1", "2", "2p", "4"]
+            let paths: Vec<&Row> = ["1", "2", "2p", "3", "4"]
                 .iter()
                 .filter_map(|id| ok_row(id))
                 .collect();
