@@ -71,6 +71,7 @@ pub struct FileServer {
     pub host: Option<String>,
     pub port: Option<u16>,
     pub threads: Option<usize>,
+    pub memory_trim_seconds: Option<u64>,
     pub grace_period_seconds: Option<u64>,
     pub graceful_shutdown_timeout_seconds: Option<u64>,
     pub upgrade_sock: Option<String>,
@@ -276,6 +277,8 @@ pub struct Config {
     pub host: String,
     pub port: u16,
     pub threads: usize,
+    /// How often freed heap memory is handed back to the OS; zero: never.
+    pub memory_trim: Duration,
     pub grace_period: Duration,
     pub graceful_shutdown_timeout: Duration,
     pub upgrade_sock: String,
@@ -555,6 +558,7 @@ impl Config {
                 .unwrap_or_else(|| "127.0.0.1".to_string()),
             port: cli.port.or(server.port).unwrap_or(8080),
             threads: server.threads.unwrap_or(2).max(1),
+            memory_trim: secs(server.memory_trim_seconds.unwrap_or(10)),
             grace_period: secs(server.grace_period_seconds.unwrap_or(30)),
             graceful_shutdown_timeout: secs(server.graceful_shutdown_timeout_seconds.unwrap_or(5)),
             upgrade_sock: server

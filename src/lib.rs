@@ -12,6 +12,7 @@ pub mod headers;
 pub mod lifecycle;
 pub mod local;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod proxy;
 pub mod routes;

@@ -337,6 +337,9 @@ impl Gateway {
         let url = ctx
             .current
             .map(|t| self.state.upstreams.coordinator(t.id).base_url.clone());
+        if ctx.stream_socket.as_ref().is_some_and(|s| s.was_cut_idle()) {
+            return ApiError::coordinator_timeout(url.as_deref());
+        }
         let all_tried = self.state.upstreams.coordinators().len() > 1
             && self.state.upstreams.all_tried(&ctx.tried);
         match e.etype() {
@@ -585,6 +588,19 @@ impl ProxyHttp for Gateway {
             }
         }
         Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        if let Some(s) = &ctx.stream_socket {
+            s.touch();
+        }
+        Ok(None)
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {

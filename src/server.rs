@@ -6,7 +6,7 @@ use crate::auth::exchange::TokenBroker;
 use crate::auth::Authenticator;
 use crate::config::{Config, ConfigError};
 use crate::connections::{Admission, Connections};
-use crate::lifecycle::{Drainer, Lifecycle};
+use crate::lifecycle::{Drainer, Lifecycle, StreamWatchdog};
 use crate::proxy::{Gateway, State};
 use crate::upstream::Upstreams;
 use async_trait::async_trait;
@@ -132,6 +132,19 @@ pub fn build_server(state: Arc<State>, admin: Option<AdminService>, opts: &Proce
     server.add_service(GenBackgroundService::new(
         "jwks refresh".to_string(),
         Arc::new(JwksRefresh(state.auth.clone())),
+    ));
+    server.add_service(GenBackgroundService::new(
+        "stream idle watchdog".to_string(),
+        Arc::new(StreamWatchdog {
+            lifecycle: state.lifecycle.clone(),
+            idle: cfg.upstream.stream_idle_timeout,
+        }),
+    ));
+    server.add_service(GenBackgroundService::new(
+        "memory trim".to_string(),
+        Arc::new(crate::memory::Trimmer {
+            interval: cfg.memory_trim,
+        }),
     ));
     server.add_service(GenBackgroundService::new(
         "drain".to_string(),

@@ -461,8 +461,8 @@ impl Upstreams {
             .and_then(target_of)
     }
 
-    /// The peer for one attempt. `streaming` selects the per-read idle timeout of event streams
-    /// instead of the time-to-first-byte budget of ordinary calls.
+    /// The peer for one attempt. Ordinary calls get the time-to-first-byte budget per read;
+    /// event streams none here (`lifecycle::StreamWatchdog` ends idle ones).
     pub fn peer(&self, target: Target, streaming: bool) -> Box<HttpPeer> {
         let c = &self.cfg.coordinators[target.id];
         let sni = if c.tls { c.host.clone() } else { String::new() };
@@ -470,11 +470,8 @@ impl Upstreams {
         let o = &mut peer.options;
         o.connection_timeout = Some(self.cfg.connect_timeout);
         o.total_connection_timeout = Some(self.cfg.connect_timeout * 2);
-        o.read_timeout = Some(if streaming {
-            self.cfg.stream_idle_timeout
-        } else {
-            self.cfg.first_byte_timeout
-        });
+        // Streams: the idle timeout is the lifecycle's watchdog (see there why not Pingora's).
+        o.read_timeout = (!streaming).then_some(self.cfg.first_byte_timeout);
         o.write_timeout = Some(self.cfg.first_byte_timeout);
         // Below the coordinator's keep-alive so we never reuse a socket it already closed.
         o.idle_timeout = Some(self.cfg.idle_pool_timeout);

@@ -326,3 +326,19 @@ async fn a_stream_silent_longer_than_the_idle_timeout_ends_cleanly_and_a_slow_bu
         "the coordinator's stream was closed too"
     );
 }
+
+#[tokio::test]
+async fn an_events_call_the_coordinator_does_not_answer_within_the_idle_timeout_is_a_504() {
+    let coord = TestCoordinator::start();
+    let gw = start(&coord, "upstream:\n  stream_idle_timeout_seconds: 1\n");
+    coord.set_delay(Duration::from_secs(4));
+    let r = http_client()
+        .get(format!("{}/v1/runs/slow/events", gw.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 504);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "run_coordinator_timeout");
+    assert_eq!(v["error"]["retryable"], true);
+}
