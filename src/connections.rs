@@ -34,7 +34,7 @@ pub struct Connections {
 impl Connections {
     pub fn new(max: usize, head_timeout: Duration) -> Arc<Self> {
         Arc::new(Connections {
-            max: max.max(1),
+            max,
             head_timeout,
             open: AtomicUsize::new(0),
             refused: AtomicU64::new(0),
@@ -195,6 +195,15 @@ impl Guarded {
     }
 }
 
+impl Guarded {
+    /// Bytes went to the client: after a complete head, that is the answer.
+    fn wrote(&mut self, res: &Poll<io::Result<usize>>) {
+        if matches!(res, Poll::Ready(Ok(n)) if *n > 0) {
+            self.scanner.on_write();
+        }
+    }
+}
+
 impl AsyncRead for Guarded {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -222,12 +231,12 @@ impl AsyncRead for Guarded {
         let before = buf.filled().len();
         let res = Pin::new(&mut *this.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = res {
-            let new = &buf.filled()[before..];
-            if this.scanner.on_read(new) {
-                this.deadline = Some(Box::pin(tokio::time::sleep(this.timeout)));
-            }
+            let started = this.scanner.on_read(&buf.filled()[before..]);
             if this.scanner.phase() != Phase::Head {
                 this.deadline = None;
+            } else if started {
+                // Only a head still incomplete after this read needs a clock.
+                this.deadline = Some(Box::pin(tokio::time::sleep(this.timeout)));
             }
         }
         res
@@ -240,11 +249,8 @@ impl AsyncWrite for Guarded {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        let res = Pin::new(&mut *this.inner).poll_write(cx, data);
-        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            this.scanner.on_write();
-        }
+        let res = Pin::new(&mut *self.inner).poll_write(cx, data);
+        self.wrote(&res);
         res
     }
 
@@ -261,11 +267,8 @@ impl AsyncWrite for Guarded {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        let res = Pin::new(&mut *this.inner).poll_write_vectored(cx, bufs);
-        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            this.scanner.on_write();
-        }
+        let res = Pin::new(&mut *self.inner).poll_write_vectored(cx, bufs);
+        self.wrote(&res);
         res
     }
 

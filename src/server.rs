@@ -34,7 +34,7 @@ pub fn build_state(cfg: Config) -> Result<Arc<State>, ConfigError> {
     let upstreams = Upstreams::new(&cfg.upstream)?;
     let auth = Authenticator::new(&cfg.auth, cfg.max_token_bytes);
     let broker = TokenBroker::new(&cfg.auth, &cfg.upstream.audience);
-    let (cfg_max_connections, cfg_head_timeout) = (cfg.max_connections, cfg.header_read_timeout);
+    let connections = Connections::new(cfg.max_connections, cfg.header_read_timeout);
     Ok(Arc::new(State {
         cfg,
         upstreams,
@@ -42,7 +42,7 @@ pub fn build_state(cfg: Config) -> Result<Arc<State>, ConfigError> {
         broker,
         metrics: Default::default(),
         lifecycle: Lifecycle::new(),
-        connections: Connections::new(cfg_max_connections, cfg_head_timeout),
+        connections,
     }))
 }
 
