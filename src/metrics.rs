@@ -188,54 +188,58 @@ impl Metrics {
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.inner.registry.gather(), &mut buf);
         let mut out = String::from_utf8(buf).unwrap_or_default();
-        let mut counter = |name: &str, help: &str, v: u64| {
+        let mut sample = |kind: &str, name: &str, help: &str, v: u64| {
             let _ = writeln!(out, "# HELP arp_gateway_{name} {help}");
-            let _ = writeln!(out, "# TYPE arp_gateway_{name} counter");
+            let _ = writeln!(out, "# TYPE arp_gateway_{name} {kind}");
             let _ = writeln!(out, "arp_gateway_{name} {v}");
         };
-        counter(
-            "token_cache_hits_total",
-            "Exchanged-token cache hits",
-            s.token_cache_hits,
+        for (name, help, v) in [
+            (
+                "token_cache_hits_total",
+                "Exchanged-token cache hits",
+                s.token_cache_hits,
+            ),
+            (
+                "token_cache_misses_total",
+                "Exchanged-token cache misses",
+                s.token_cache_misses,
+            ),
+            (
+                "sts_calls_total",
+                "Calls to the token endpoint",
+                s.sts_calls,
+            ),
+            (
+                "sts_errors_total",
+                "Failed calls to the token endpoint",
+                s.sts_errors,
+            ),
+            ("jwks_refreshes_total", "JWKS fetches", s.jwks_fetches),
+            (
+                "connections_refused_total",
+                "Requests refused 503 because their connection was over limits.max_connections",
+                s.connections_refused,
+            ),
+            (
+                "header_read_timeouts_total",
+                "Client connections dropped because a request head did not arrive in time",
+                s.header_timeouts,
+            ),
+        ] {
+            sample("counter", name, help, v);
+        }
+        sample(
+            "gauge",
+            "client_connections",
+            "Open client connections",
+            s.open_connections as u64,
         );
-        counter(
-            "token_cache_misses_total",
-            "Exchanged-token cache misses",
-            s.token_cache_misses,
+        sample(
+            "gauge",
+            "requests_in_flight",
+            "Requests being handled",
+            s.in_flight as u64,
         );
-        counter(
-            "sts_calls_total",
-            "Calls to the token endpoint",
-            s.sts_calls,
-        );
-        counter(
-            "sts_errors_total",
-            "Failed calls to the token endpoint",
-            s.sts_errors,
-        );
-        counter("jwks_refreshes_total", "JWKS fetches", s.jwks_fetches);
-        counter(
-            "connections_refused_total",
-            "Requests refused 503 because their connection was over limits.max_connections",
-            s.connections_refused,
-        );
-        counter(
-            "header_read_timeouts_total",
-            "Client connections dropped because a request head did not arrive in time",
-            s.header_timeouts,
-        );
-        let _ = writeln!(
-            out,
-            "# HELP arp_gateway_client_connections Open client connections"
-        );
-        let _ = writeln!(out, "# TYPE arp_gateway_client_connections gauge");
-        let _ = writeln!(out, "arp_gateway_client_connections {}", s.open_connections);
-        let _ = writeln!(
-            out,
-            "# HELP arp_gateway_requests_in_flight Requests being handled"
-        );
-        let _ = writeln!(out, "# TYPE arp_gateway_requests_in_flight gauge");
-        let _ = writeln!(out, "arp_gateway_requests_in_flight {}", s.in_flight);
         let _ = writeln!(
             out,
             "# HELP arp_gateway_coordinator_up Whether health checks count the coordinator as up"
