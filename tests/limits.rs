@@ -45,6 +45,15 @@ async fn request_heads_over_the_limit_get_431_and_large_ones_under_it_pass() {
     );
 }
 
+/// `GET /v1/runs/{run}/events` on a fresh connection; the answer, body unread.
+async fn events(gw: &Gateway, run: &str) -> reqwest::Response {
+    http_client()
+        .get(format!("{}/v1/runs/{run}/events", gw.url()))
+        .send()
+        .await
+        .unwrap()
+}
+
 /// GET `path` with `client` and read the whole answer; its status.
 async fn get(client: &reqwest::Client, gw: &Gateway, path: &str) -> u16 {
     let r = client
@@ -73,11 +82,7 @@ async fn connections_beyond_the_limit_are_refused_and_those_already_in_are_still
     let gw = start(&coord, "limits:\n  max_connections: 3\n");
     let mut held = Vec::new();
     for i in 0..2 {
-        let mut r = http_client()
-            .get(format!("{}/v1/runs/hold-{i}/events", gw.url()))
-            .send()
-            .await
-            .unwrap();
+        let mut r = events(&gw, &format!("hold-{i}")).await;
         assert_eq!(r.status(), 200);
         assert!(r.chunk().await.unwrap().is_some());
         held.push(r);
@@ -262,11 +267,7 @@ async fn every_events_answer_tells_proxies_not_to_buffer() {
         404,
         serde_json::json!({"error": {"code": "run_not_found", "message": "m"}}),
     )));
-    let r = http_client()
-        .get(format!("{}/v1/runs/zz/events", gw.url()))
-        .send()
-        .await
-        .unwrap();
+    let r = events(&gw, "zz").await;
     assert_eq!(r.status(), 404);
     assert_eq!(r.headers()["x-accel-buffering"], "no");
     assert_eq!(r.headers()["cache-control"], "no-cache");
@@ -300,11 +301,7 @@ async fn a_stream_silent_longer_than_the_idle_timeout_ends_cleanly_and_a_slow_bu
     let gw = start(&coord, "upstream:\n  stream_idle_timeout_seconds: 1\n");
     // Events 400 ms apart: 4 s in all, longer than the idle timeout but never silent for 1 s.
     coord.set_events(10, Duration::from_millis(400));
-    let r = http_client()
-        .get(format!("{}/v1/runs/live/events", gw.url()))
-        .send()
-        .await
-        .unwrap();
+    let r = events(&gw, "live").await;
     assert_eq!(r.status(), 200);
     let (lines, err) = try_read_stream_lines(r).await;
     assert!(err.is_none(), "{err:?}");
@@ -312,11 +309,7 @@ async fn a_stream_silent_longer_than_the_idle_timeout_ends_cleanly_and_a_slow_bu
 
     // Silent for 3 s after the first event: cut at the idle timeout, with a clean end of body.
     coord.set_events(3, Duration::from_secs(3));
-    let r = http_client()
-        .get(format!("{}/v1/runs/silent/events", gw.url()))
-        .send()
-        .await
-        .unwrap();
+    let r = events(&gw, "silent").await;
     assert_eq!(r.status(), 200);
     let (lines, err) = try_read_stream_lines(r).await;
     assert!(err.is_none(), "ended with a clean end of body: {err:?}");
@@ -332,11 +325,7 @@ async fn an_events_call_the_coordinator_does_not_answer_within_the_idle_timeout_
     let coord = TestCoordinator::start();
     let gw = start(&coord, "upstream:\n  stream_idle_timeout_seconds: 1\n");
     coord.set_delay(Duration::from_secs(4));
-    let r = http_client()
-        .get(format!("{}/v1/runs/slow/events", gw.url()))
-        .send()
-        .await
-        .unwrap();
+    let r = events(&gw, "slow").await;
     assert_eq!(r.status(), 504);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "run_coordinator_timeout");
